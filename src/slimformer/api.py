@@ -1,0 +1,94 @@
+"""The Python API, mirroring the CLI one function per command.
+
+    import slimformer
+    model = slimformer.load("runs/digits")
+    small = slimformer.compress("runs/digits", "tome:r=4+int8", out="runs/digits-small")
+    print(slimformer.evaluate("runs/digits-small", "digits"))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import atomic, io
+from .compress.recipe import RecipeStep, apply_recipe, parse_recipe
+from .compress.registry import StepContext
+from .errors import SlimformerError
+from .tasks import get_task
+
+load = io.load
+
+
+def model_task(ref: str | Path) -> str | None:
+    """The task a saved model dir was trained for, if it says."""
+    path = Path(str(ref))
+    if (path / io.META).exists():
+        return io.read_meta(path).get("task")
+    return None
+
+
+def recipe_of(ref: str | Path | nn.Module) -> list[dict]:
+    """The recipe already applied to a saved model (empty for fresh or built-in models)."""
+    if isinstance(ref, nn.Module):
+        return list(getattr(ref, "_slimformer_recipe", []))
+    path = Path(str(ref))
+    if (path / io.META).exists():
+        return io.read_meta(path)["recipe"]
+    return []
+
+
+def step_context(task: str | None, teacher: nn.Module | None = None) -> StepContext:
+    calib = None
+    if task is not None:
+        module = get_task(task)
+        calib = getattr(module, "calibration", None)
+    return StepContext(calib=calib, task=task, teacher=teacher)
+
+
+def compress_model(model: nn.Module, recipe: str | Path | list[RecipeStep] | None, task: str | None = None,
+                   applied: list[dict] | None = None) -> tuple[nn.Module, list[dict]]:
+    """Apply a recipe in memory. Returns the compressed model and the full recipe record."""
+    steps = recipe if isinstance(recipe, list) else parse_recipe(recipe)
+    import copy
+
+    teacher = copy.deepcopy(model).eval() if any(s.step.name == "distill" for s in steps) else None
+    model, record = apply_recipe(model, steps, step_context(task, teacher), applied)
+    model._slimformer_recipe = record
+    return model.eval(), record
+
+
+def compress(model_ref: str | Path, recipe: str | Path, out: str | Path, task: str | None = None) -> Path:
+    """Load a model, apply a recipe, save the result as a model dir (atomically, nothing partial)."""
+    steps = parse_recipe(recipe)  # validate before loading anything heavy
+    task = task or model_task(model_ref)
+    model = io.load(model_ref)
+    model, record = compress_model(model, steps, task, recipe_of(model_ref))
+    extra = {"task": task} if task else {}
+    return io.save_model(model, out, recipe=record, extra=extra)
+
+
+def evaluate(model_ref: str | Path | nn.Module, task: str, recipe: str | Path | None = None,
+             name: str | None = None) -> dict[str, Any]:
+    """The task's metric(s) for a model, as a result record: `{"name", "recipe", "metrics"}`."""
+    module = get_task(task)
+    model = model_ref if isinstance(model_ref, nn.Module) else io.load(model_ref)
+    steps = parse_recipe(recipe)
+    if steps:
+        model, _ = compress_model(model, steps, task, recipe_of(model_ref))
+    metrics = module.evaluate(model)
+    return {"name": name or str(recipe or "baseline"), "recipe": str(recipe or ""), "task": task,
+            "metrics": metrics}
+
+
+def write_results(path: str | Path, results: list[dict[str, Any]]) -> Path:
+    """Write `{"env": ..., "results": [...]}` atomically (the contract in DESIGN.md)."""
+    from .bench.env import environment
+
+    if not isinstance(results, list):
+        raise SlimformerError("results must be a list of result records")
+    atomic.write_text(path, json.dumps({"env": environment(), "results": results}, indent=2))
+    return Path(path)

@@ -1,0 +1,233 @@
+"""Recipes: parse (inline `a:x=1,y=2+b` or YAML), validate every name, option, type and order up front,
+then apply the steps in sequence.
+
+Inline:  `prune-heads:ratio=0.25+int8`
+YAML:    steps:
+           - prune-heads: {ratio: 0.25}
+           - int8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from torch import nn
+
+from ..errors import SlimformerError
+from .registry import Step, StepContext, all_steps, get_step
+
+
+@dataclass
+class RecipeStep:
+    step: Step
+    options: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step.name, "options": dataclasses.asdict(self.options)}
+
+    def __str__(self) -> str:
+        defaults = type(self.options)()
+        changed = [f"{f.name}={getattr(self.options, f.name)}" for f in dataclasses.fields(self.options)
+                   if getattr(self.options, f.name) != getattr(defaults, f.name)]
+        return self.step.name + (":" + ",".join(changed) if changed else "")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert `value` (from YAML, or a string from an inline recipe) to the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except SlimformerError as e:
+                errors.append(str(e))
+        raise SlimformerError(f"{where} must be " + " or ".join(_type_name(a) for a in args) + f", got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if value == choice or (isinstance(value, str) and str(choice) == value):
+                return choice
+        raise SlimformerError(f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        items = value.split("/") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise SlimformerError(f"{where} must be a list (inline: values joined by '/'), got {value!r}")
+        return [_coerce(v, inner, where) for v in items]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise SlimformerError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise SlimformerError(f"{where} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise SlimformerError(f"{where} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise SlimformerError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise SlimformerError(f"{where} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise SlimformerError(f"{where} must be text, got {value!r}")
+    return value
+
+
+def options_from_dict(step: Step, values: dict[str, Any]) -> Any:
+    """Build `step`'s options dataclass from user values, naming any unknown key or bad value."""
+    if not isinstance(values, dict):
+        raise SlimformerError(f"options of step {step.name!r} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(step.options)
+    valid = [f.name for f in dataclasses.fields(step.options)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise SlimformerError(f"unknown option {key!r} for step {step.name!r}; valid options: "
+                                  f"{', '.join(valid) if valid else '(none)'}")
+        kwargs[key] = _coerce(value, hints[key], f"option {key!r} of step {step.name!r}")
+    try:
+        return step.options(**kwargs)
+    except SlimformerError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise SlimformerError(f"step {step.name!r}: {e}") from e
+
+
+def _parse_inline(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for part in spec.split("+"):
+        part = part.strip()
+        if not part:
+            raise SlimformerError(f"empty step in recipe {spec!r} (steps are joined by '+')")
+        name, _, opts = part.partition(":")
+        values: dict[str, Any] = {}
+        for item in filter(None, (o.strip() for o in opts.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise SlimformerError(f"option {item!r} of step {name.strip()!r} is not key=value")
+            values[key.strip()] = value.strip()
+        out.append((name.strip(), values))
+    return out
+
+
+def _parse_yaml(data: Any, source: str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(data, dict):
+        unknown = set(data) - {"steps", "name", "description"}
+        if unknown:
+            raise SlimformerError(f"{source}: unknown top-level key(s) {', '.join(map(repr, sorted(unknown)))}; "
+                                  "valid: steps, name, description")
+        data = data.get("steps")
+    if not isinstance(data, list):
+        raise SlimformerError(f"{source}: expected a list of steps under 'steps'")
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, str):
+            out.append((item, {}))
+        elif isinstance(item, dict) and len(item) == 1:
+            ((name, opts),) = item.items()
+            out.append((str(name), opts if opts is not None else {}))
+        else:
+            raise SlimformerError(f"{source}: step {i} must be a name or {{name: {{option: value}}}}, "
+                                  f"got {item!r}")
+    return out
+
+
+def parse_recipe(spec: str | Path | list | None) -> list[RecipeStep]:
+    """Parse and fully validate a recipe: YAML file path, inline spec, or already-parsed list."""
+    if spec is None or spec == "" or spec == "none":
+        return []
+    if isinstance(spec, list):
+        raw = _parse_yaml(spec, "recipe")
+    elif str(spec).endswith((".yaml", ".yml")):
+        path = Path(spec)
+        if not path.exists():
+            raise SlimformerError(f"recipe file {path} not found")
+        try:
+            raw = _parse_yaml(yaml.safe_load(path.read_text()), str(path))
+        except yaml.YAMLError as e:
+            raise SlimformerError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    else:
+        raw = _parse_inline(str(spec))
+    steps = [RecipeStep(get_step(name), options_from_dict(get_step(name), opts)) for name, opts in raw]
+    check_order(steps)
+    return steps
+
+
+def check_order(steps: list[RecipeStep]) -> None:
+    """Refuse orders that cannot work, saying what would."""
+    low_precision: str | None = None
+    families: dict[str, str] = {}
+    for rs in steps:
+        s = rs.step
+        if s.needs_float_weights and low_precision:
+            raise SlimformerError(f"step {s.name!r} cannot come after {low_precision!r}: it needs float "
+                                  f"weights; put {low_precision!r} last")
+        if s.makes_low_precision:
+            if low_precision:
+                raise SlimformerError(f"steps {low_precision!r} and {s.name!r} both set the precision; keep one")
+            low_precision = s.name
+        if s.family:
+            if s.family in families:
+                raise SlimformerError(f"steps {families[s.family]!r} and {s.name!r} both {s.family}; keep one")
+            families[s.family] = s.name
+
+
+def apply_recipe(model: nn.Module, steps: list[RecipeStep], ctx: StepContext | None = None,
+                 applied: list[dict] | None = None) -> tuple[nn.Module, list[dict]]:
+    """Apply validated steps in order. Returns the model and the recipe record for `slimformer.json`
+    (appended to `applied`, the record of steps already applied to `model`)."""
+    record = list(applied or [])
+    earlier = [RecipeStep(get_step(e["step"]), options_from_dict(get_step(e["step"]), e.get("options") or {}))
+               for e in record]
+    check_order(earlier + steps)
+    for rs in steps:
+        step_ctx = ctx or StepContext()
+        step_ctx.state = {}
+        model = rs.step.apply(model, rs.options, step_ctx)
+        record.append({**rs.to_dict(), "state": step_ctx.state})
+    return model, record
+
+
+def describe_steps() -> list[tuple[str, str, str]]:
+    """(name, options with defaults, summary) of every registered step, for `slimformer models`."""
+    rows = []
+    for name, step in sorted(all_steps().items()):
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(step.options)
+                         if f.default is not dataclasses.MISSING)
+        rows.append((name, opts, step.summary))
+    return rows

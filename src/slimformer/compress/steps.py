@@ -1,0 +1,1 @@
+"""Imports every module that registers built-in steps. Add a line here when adding a step module."""

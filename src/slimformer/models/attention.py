@@ -1,0 +1,120 @@
+"""Multi-head attention, the one place where tokens talk to each other.
+
+Masks are *additive biases* (0 = attend, a very negative number = ignore) because every other need
+reduces to one: padding, causality, and the log-size bias of token merging all add to the scores.
+The module keeps q, k, v as separate projections so that structured pruning and tensor parallelism
+can slice them head by head without untangling a fused matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def masked_value(dtype: torch.dtype) -> float:
+    """The bias that removes a key. Half of the dtype's minimum, so that two of them (padding plus
+    causal) still add up to a finite number: a row with every key masked then stays finite instead
+    of turning into NaN, which would leak through the zero attention weights of later layers."""
+    return torch.finfo(dtype).min / 2
+
+
+def padding_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Turn a key mask `[batch, keys]` (True = real token) into an additive bias `[batch, 1, 1, keys]`."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    bias.masked_fill_(~mask.bool(), masked_value(dtype))
+    return bias[:, None, None, :]
+
+
+def causal_bias(n_queries: int, n_keys: int, device: torch.device | None = None,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Additive causal bias `[queries, keys]` for queries that are the *last* `n_queries` positions.
+
+    With a KV cache the queries start at position `n_keys - n_queries`, so query i may see keys
+    0 .. n_keys - n_queries + i.
+    """
+    offset = n_keys - n_queries
+    q_pos = torch.arange(n_queries, device=device)[:, None] + offset
+    k_pos = torch.arange(n_keys, device=device)[None, :]
+    bias = torch.zeros(n_queries, n_keys, dtype=dtype, device=device)
+    return bias.masked_fill_(k_pos > q_pos, masked_value(dtype))
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one attention layer, `[batch, heads, time, head_dim]` each.
+
+    Self-attention caches grow by the new tokens every step; cross-attention caches are computed
+    once from the encoder memory and reused.
+    """
+
+    k: Tensor
+    v: Tensor
+
+    def append(self, k: Tensor, v: Tensor) -> KVCache:
+        return KVCache(torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2))
+
+    def select(self, index: Tensor) -> KVCache:
+        """Reorder / subset along batch (beam search keeps the surviving hypotheses)."""
+        return KVCache(self.k.index_select(0, index), self.v.index_select(0, index))
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
+class Attention(nn.Module):
+    """Multi-head scaled dot-product attention; self- or cross-attention by what is passed as `context`."""
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int | None = None, bias: bool = True):
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = head_dim or d_model // n_heads
+        inner = self.n_heads * self.head_dim
+        self.q = nn.Linear(d_model, inner, bias=bias)
+        self.k = nn.Linear(d_model, inner, bias=bias)
+        self.v = nn.Linear(d_model, inner, bias=bias)
+        self.o = nn.Linear(inner, d_model, bias=bias)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """`[batch, time, heads*head_dim]` -> `[batch, heads, time, head_dim]`."""
+        b, t, _ = x.shape
+        return x.view(b, t, -1, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, context: Tensor) -> KVCache:
+        return KVCache(self.split_heads(self.k(context)), self.split_heads(self.v(context)))
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        bias: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        static_kv: bool = False,
+    ) -> tuple[Tensor, KVCache | None]:
+        """Attend from `x` `[batch, queries, d_model]` to `context` (default: `x` itself).
+
+        bias: additive, broadcastable to `[batch, heads, queries, keys]`.
+        cache: past keys/values. With `static_kv` the cache *is* the keys/values (cross-attention)
+        and `context` is not projected again; otherwise the new keys/values are appended.
+        Returns the output `[batch, queries, d_model]` and the cache to pass to the next step.
+        """
+        q = self.split_heads(self.q(x))
+        if static_kv and cache is not None:
+            kv = cache
+        else:
+            kv = self.project_kv(x if context is None else context)
+            if cache is not None:
+                kv = cache.append(kv.k, kv.v)
+        if causal:
+            cb = causal_bias(q.shape[2], kv.length, device=x.device, dtype=q.dtype)
+            bias = cb if bias is None else bias + cb
+        if bias is not None and bias.dtype != q.dtype:
+            bias = bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return self.o(out), kv

@@ -1,0 +1,22 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_model_dir(tmp_path_factory):
+    """A briefly trained digits ViT saved as a model dir (shared by tests that need trained weights)."""
+    from slimformer.tasks import digits
+
+    out = tmp_path_factory.mktemp("models") / "digits"
+    digits.train(out=out, epochs=2)
+    return out
