@@ -17,10 +17,10 @@ def test_training_reduces_loss(tmp_path):
     with torch.no_grad():
         before = loss_fn(model(x), y)[0].item()
     fit(model, lambda epoch: [((x[i:i + 32],), y[i:i + 32]) for i in range(0, 128, 32)], 4, loss_fn,
-        TrainConfig(epochs=6, lr=2e-3, warmup_frac=0.0))
+        TrainConfig(epochs=30, lr=3e-3, warmup_frac=0.0))
     with torch.no_grad():
         after = loss_fn(model(x), y)[0].item()
-    assert after < 0.8 * before
+    assert after < 0.75 * before, (before, after)
 
 
 def test_digits_split_is_fixed():

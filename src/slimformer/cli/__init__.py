@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Command modules register themselves on `app` when imported.
-from . import core  # noqa: E402,F401
+from . import compress, core, measure, parallel, translate  # noqa: E402,F401
 
 
 def main() -> None:

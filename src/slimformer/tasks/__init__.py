@@ -25,6 +25,11 @@ class TaskInfo:
 
 TASKS: dict[str, TaskInfo] = {
     "digits": TaskInfo("digits", "digits", "accuracy", "ViT on sklearn's 1,797 real 8x8 digits (top-1)", True),
+    "embedding": TaskInfo("embedding", "embedding", "cosine",
+                          "sentence embeddings of real English sentences vs the fp32 model (MiniLM)", False),
+    "fashion": TaskInfo("fashion", "fashion", "accuracy", "ViT on Fashion-MNIST, 60k/10k real images (top-1)", True),
+    "translation": TaskInfo("translation", "translation", "bleu",
+                            "English->Spanish verses, held-out books (BLEU, chrF)", True),
 }
 
 

@@ -1,0 +1,1 @@
+"""Measurement: timing harness, environment capture, synthetic inputs, external baselines."""

@@ -1,0 +1,1 @@
+"""Compression steps (model -> model, registered by name) and recipes that compose them."""

@@ -1,0 +1,1 @@
+"""Real data sets available offline (Debian / PyPI packages), with caching and clear errors."""

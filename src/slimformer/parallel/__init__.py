@@ -1,0 +1,1 @@
+"""Parallel execution applied from outside the model: data, tensor, pipeline parallel and serving."""

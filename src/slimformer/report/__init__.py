@@ -1,0 +1,1 @@
+"""Reports: markdown tables, self-contained HTML, Pareto plots."""
