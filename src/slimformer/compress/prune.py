@@ -1,1 +1,241 @@
-"""(placeholder: filled in by the issue that owns this step)"""
+"""Structured pruning that really shrinks the matrices: whole attention heads and whole FFN neurons.
+
+Removing head h deletes its `head_dim` output rows of q, k and v and the matching input columns of the
+output projection; removing FFN neuron i deletes row i of fc1 and column i of fc2. The pruned model
+has smaller `nn.Linear`s, so fewer parameters and FLOPs on any backend, with no masks at run time.
+
+Importance is the size of what a group contributes to the layer's output, measured on calibration
+data: for head h, the mean over tokens of `||x_h @ W_o[:, h]^T||` (x_h = the head's attention output,
+the input of o); for neuron i, the mean of `|a_i| * ||W_fc2[:, i]||`. Gradient-free, so it works on any
+model, and it measures exactly what removing the group deletes from the residual stream.
+Heads are pruned per layer (every layer keeps the same count, at least one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import SlimformerError
+from .registry import Step, StepContext, register
+from .sites import FFNSite, HeadSite, Slot, by_name, ffn_sites, head_sites
+
+log = logging.getLogger(__name__)
+
+Score = Literal["activation", "weight"]
+
+
+# ---- pure core on tensors -------------------------------------------------------------------------
+
+def group_contribution(x: Tensor, weight: Tensor, group_size: int) -> Tensor:
+    """Summed norm of each input group's contribution to a Linear's output.
+
+    x: `[tokens, groups * group_size]` inputs of the Linear; weight: `[out, groups * group_size]`.
+    Returns `[groups]`: sum over tokens of `||x[:, g] @ weight[:, g]^T||`.
+    """
+    x, weight = x.float(), weight.float()
+    if group_size == 1:  # ||x_i * w_i|| = |x_i| * ||w_i||, without materializing [tokens, groups, out]
+        return x.abs().sum(0) * weight.norm(dim=0)
+    n_groups = x.shape[1] // group_size
+    xs = x.view(x.shape[0], n_groups, group_size)
+    ws = weight.view(weight.shape[0], n_groups, group_size)
+    return torch.stack([(xs[:, g] @ ws[:, g].T).norm(dim=1).sum() for g in range(n_groups)])
+
+
+def weight_contribution(weight: Tensor, group_size: int) -> Tensor:
+    """Data-free fallback: Frobenius norm of each group's input columns, `[out, G*s]` -> `[G]`."""
+    return weight.float().view(weight.shape[0], -1, group_size).norm(dim=(0, 2))
+
+
+def keep_top(scores: Tensor, n_keep: int) -> list[int]:
+    """Indices of the `n_keep` largest scores, in their original order (so the layout is preserved)."""
+    return sorted(torch.topk(scores, n_keep).indices.tolist())
+
+
+def slice_linear(linear: nn.Linear, index: list[int], dim: Literal["out", "in"]) -> nn.Linear:
+    """A new Linear keeping only the output rows (`out`) or input columns (`in`) listed in `index`."""
+    idx = torch.tensor(index, dtype=torch.long, device=linear.weight.device)
+    weight = linear.weight.detach().index_select(0 if dim == "out" else 1, idx)
+    bias = linear.bias
+    if bias is not None and dim == "out":
+        bias = bias.detach().index_select(0, idx)
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
+                    dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def head_index(heads: list[int], head_dim: int) -> list[int]:
+    """Feature indices of the kept heads: heads are contiguous blocks of `head_dim` features."""
+    return [h * head_dim + j for h in heads for j in range(head_dim)]
+
+
+def n_to_keep(n: int, ratio: float, multiple_of: int = 1) -> int:
+    """How many of `n` groups survive removing `ratio` of them (at least one, rounded to a multiple)."""
+    keep = n - round(ratio * n)
+    if multiple_of > 1:
+        keep = math.ceil(keep / multiple_of) * multiple_of
+    return max(1, min(n, keep))
+
+
+# ---- calibration ------------------------------------------------------------------------------------
+
+def calibration_batches(model: nn.Module, ctx: StepContext, step: str) -> Iterator[tuple[tuple, dict]]:
+    """(args, kwargs) batches to score on: the task's calibration data, else shaped random inputs."""
+    if ctx.calib is not None:
+        for item in ctx.calib():
+            yield (item, {}) if isinstance(item, tuple) else ((), dict(item))
+        return
+    from ..bench.inputs import example_inputs
+
+    log.warning("%s: no task calibration data (pass a task); scoring on random example inputs", step)
+    for seed in range(4):
+        yield example_inputs(model, batch=16, seq_len=64, seed=seed)
+
+
+@torch.no_grad()
+def input_scores(model: nn.Module, slots: dict[str, tuple[Slot, int]], ctx: StepContext, step: str
+                 ) -> dict[str, Tensor]:
+    """Run calibration data and score the input groups of each Linear in `slots`.
+
+    slots: key -> (slot of a Linear, group size). Returns key -> `[groups]` contribution sums.
+    """
+    totals: dict[str, Tensor] = {}
+    hooks = []
+
+    def hook_for(key: str, linear: nn.Linear, group: int):
+        def hook(_module, inputs):
+            x = inputs[0].reshape(-1, inputs[0].shape[-1])
+            s = group_contribution(x, linear.weight, group)
+            totals[key] = totals[key] + s if key in totals else s
+        return hook
+
+    for key, (slot, group) in slots.items():
+        linear = slot.linear(step)
+        hooks.append(linear.register_forward_pre_hook(hook_for(key, linear, group)))
+    was_training = model.training
+    model.eval()
+    try:
+        for args, kwargs in calibration_batches(model, ctx, step):
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    missing = [k for k in slots if k not in totals]
+    if missing:
+        raise SlimformerError(f"step {step!r}: calibration data never reached {missing[0]}")
+    return totals
+
+
+# ---- structure changes (used by apply and by restore) ---------------------------------------------
+
+def shrink_heads(site: HeadSite, heads: list[int], step: str = "prune-heads") -> None:
+    index = head_index(heads, site.head_dim)
+    for slot in (site.q, site.k, site.v):
+        slot.set(slice_linear(slot.linear(step), index, "out"))
+    site.o.set(slice_linear(site.o.linear(step), index, "in"))
+    site.set_heads(len(heads))
+
+
+def shrink_ffn(site: FFNSite, neurons: list[int], step: str = "prune-ffn") -> None:
+    site.fc1.set(slice_linear(site.fc1.linear(step), neurons, "out"))
+    site.fc2.set(slice_linear(site.fc2.linear(step), neurons, "in"))
+
+
+# ---- steps -----------------------------------------------------------------------------------------
+
+def _check_ratio(step: str, ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise SlimformerError(f"option 'ratio' of step {step!r} must be in [0, 1), got {ratio}")
+
+
+@dataclass
+class PruneHeadsOptions:
+    ratio: float = 0.25  # fraction of heads removed in every attention layer
+    score: Score = "activation"  # activation: contribution on calibration data; weight: data-free
+
+    def __post_init__(self) -> None:
+        _check_ratio("prune-heads", self.ratio)
+
+
+@dataclass
+class PruneFFNOptions:
+    ratio: float = 0.25  # fraction of FFN neurons removed in every layer
+    score: Score = "activation"
+    multiple_of: int = 1  # round the kept count up to a multiple (e.g. 8 or 16, for SIMD-friendly shapes)
+
+    def __post_init__(self) -> None:
+        _check_ratio("prune-ffn", self.ratio)
+        if self.multiple_of < 1:
+            raise SlimformerError(f"option 'multiple_of' of step 'prune-ffn' must be >= 1, got {self.multiple_of}")
+
+
+def _scores(model, sites, slot_of, group_of, score: Score, ctx: StepContext, step: str) -> dict[str, Tensor]:
+    if score == "weight":
+        return {s.name: weight_contribution(slot_of(s).linear(step).weight, group_of(s)) for s in sites}
+    return input_scores(model, {s.name: (slot_of(s), group_of(s)) for s in sites}, ctx, step)
+
+
+def prune_heads(model: nn.Module, opts: PruneHeadsOptions, ctx: StepContext) -> nn.Module:
+    sites = head_sites(model)
+    by_name(sites, "attention layers", "prune-heads")
+    scores = _scores(model, sites, lambda s: s.o, lambda s: s.head_dim, opts.score, ctx, "prune-heads")
+    kept = {}
+    for site in sites:
+        heads = keep_top(scores[site.name], n_to_keep(site.n_heads, opts.ratio))
+        shrink_heads(site, heads)
+        kept[site.name] = heads
+    ctx.state["heads"] = kept
+    log.info("prune-heads: kept %s", {k: len(v) for k, v in kept.items()})
+    return model
+
+
+def restore_heads(model: nn.Module, opts: PruneHeadsOptions, state: dict) -> nn.Module:
+    sites = by_name(head_sites(model), "attention layers", "prune-heads")
+    for name, heads in state.get("heads", {}).items():
+        if name not in sites:
+            raise SlimformerError(f"prune-heads state names attention layer {name!r}, not in the model")
+        shrink_heads(sites[name], list(range(len(heads))))  # shapes only: the weights are loaded next
+    return model
+
+
+def prune_ffn(model: nn.Module, opts: PruneFFNOptions, ctx: StepContext) -> nn.Module:
+    sites = ffn_sites(model)
+    by_name(sites, "feed-forward layers", "prune-ffn")
+    scores = _scores(model, sites, lambda s: s.fc2, lambda s: 1, opts.score, ctx, "prune-ffn")
+    kept = {}
+    for site in sites:
+        n = site.fc1.linear("prune-ffn").out_features
+        neurons = keep_top(scores[site.name], n_to_keep(n, opts.ratio, opts.multiple_of))
+        shrink_ffn(site, neurons)
+        kept[site.name] = len(neurons)
+    ctx.state["neurons"] = kept
+    log.info("prune-ffn: kept %s", kept)
+    return model
+
+
+def restore_ffn(model: nn.Module, opts: PruneFFNOptions, state: dict) -> nn.Module:
+    sites = by_name(ffn_sites(model), "feed-forward layers", "prune-ffn")
+    for name, n in state.get("neurons", {}).items():
+        if name not in sites:
+            raise SlimformerError(f"prune-ffn state names feed-forward layer {name!r}, not in the model")
+        shrink_ffn(sites[name], list(range(int(n))))
+    return model
+
+
+register(Step("prune-heads", PruneHeadsOptions, prune_heads,
+              "remove whole attention heads (least output contribution on calibration data)",
+              restore=restore_heads, needs_float_weights=True))
+register(Step("prune-ffn", PruneFFNOptions, prune_ffn,
+              "remove FFN neurons (least output contribution on calibration data)",
+              restore=restore_ffn, needs_float_weights=True))
