@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import atomic
+from . import atomic, guard
 from .errors import SlimformerError
 from .models import BUILTINS, architecture_of, build_builtin, build_model, config_dict
 from .models import hf as hf_models
@@ -109,6 +109,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     meta_path = path / META
     if not path.is_dir():
         raise SlimformerError(f"{path}: no such model dir")
+    if path.name.endswith(".partial"):
+        raise SlimformerError(f"{path}: staging dir of an unfinished (interrupted) save, never a model; delete it")
     if not meta_path.exists():
         raise SlimformerError(f"{meta_path}: missing; not a slimformer model dir (or an unfinished save)")
     try:
@@ -170,9 +172,10 @@ def load_model_dir(path: str | Path) -> nn.Module:
     """Rebuild a saved model (compressed or not) from its dir, in eval mode, with no pickles."""
     path = Path(path)
     meta = read_meta(path)
+    guard.check_model_config(meta, path / WEIGHTS, str(path / META))  # before allocating anything
     try:
         model = build_from_meta(meta)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError, AssertionError) as e:
         raise SlimformerError(f"{path / META}: config does not build a model ({e})") from e
     tensors = read_weights(path / WEIGHTS, meta.get("sha256"))
     for alias, target in meta["aliases"].items():

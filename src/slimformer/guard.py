@@ -1,0 +1,280 @@
+"""Checks at the boundary (API, CLI, tasks, bench, serving) so bad inputs and impossible requests fail
+early with a message that says what to fix, instead of deep inside model code or after allocating.
+
+Model code stays free of these checks: a model does what its math says (NaN in, NaN out; an empty
+batch gives an empty output). Whatever hands a model user data calls `check_inputs` first, and whatever
+is about to allocate for a request (a benchmark's batch x seq, a loaded config) calls `check_request` /
+`check_model_config`.
+
+The memory estimates are deliberately simple (fp32, one layer's activations alive at a time, attention
+scores materialized): close enough to refuse a request that is 10x too big, never used as a
+measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import SlimformerError
+
+GIB = 2**30
+# A pruned + quantized model holds fewer elements than its architecture; never this many times fewer.
+MAX_SHRINK = 64
+# Leave room for the rest of the process (Python, libraries, the caller's own tensors).
+MEMORY_FRACTION = 0.8
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate: `SLIMFORMER_MAX_MEMORY_GB` if set, else the OS's
+    MemAvailable (what can be had without swapping)."""
+    limit = os.environ.get("SLIMFORMER_MAX_MEMORY_GB")
+    if limit:
+        try:
+            return int(float(limit) * GIB)
+        except ValueError as e:
+            raise SlimformerError(f"SLIMFORMER_MAX_MEMORY_GB must be a number of GiB, got {limit!r}") from e
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(needed: int, what: str, hint: str) -> None:
+    """Refuse `what` if it needs more than the memory available (before anything is allocated)."""
+    budget = int(available_memory() * MEMORY_FRACTION)
+    if needed > budget:
+        raise SlimformerError(f"{what} needs about {needed / GIB:.1f} GiB, more than the {budget / GIB:.1f} GiB "
+                              f"available; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+def _field_rule(name: str) -> int:
+    """Smallest valid value of an int config field: ids may be 0, layer counts may be 0, sizes >= 1."""
+    return 0 if name.endswith("_id") or "layers" in name else 1
+
+
+def check_config_values(architecture: str, values: dict[str, Any], where: str) -> None:
+    """Type- and range-check a reference architecture's config dict against its dataclass, naming the key.
+
+    Unknown architectures and keys are left to `models.config_from_dict`, which names them.
+    """
+    from .models import ARCHITECTURES
+
+    if architecture not in ARCHITECTURES:
+        return
+    cls = ARCHITECTURES[architecture][1]
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, tp = values[f.name], hints[f.name]
+        if tp is int:
+            low = _field_rule(f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SlimformerError(f"{where}: config {f.name!r} must be an integer >= {low}, got {value!r}")
+        elif tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise SlimformerError(f"{where}: config {f.name!r} must be a number in [0, 1), got {value!r}")
+        elif tp is bool and not isinstance(value, bool):
+            raise SlimformerError(f"{where}: config {f.name!r} must be true or false, got {value!r}")
+    d_model, n_heads = values.get("d_model"), values.get("n_heads")
+    if isinstance(d_model, int) and isinstance(n_heads, int) and n_heads and d_model % n_heads:
+        raise SlimformerError(f"{where}: config d_model {d_model} must be divisible by n_heads {n_heads}")
+
+
+def tensor_bytes(module: nn.Module) -> tuple[int, int]:
+    """(elements, bytes) of a module's parameters and buffers, each shared tensor counted once."""
+    seen, elements, size = set(), 0, 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        elements += t.numel()
+        size += t.numel() * t.element_size()
+    return elements, size
+
+
+def file_elements(path: Path) -> int:
+    """Number of tensor elements a safetensors file declares, read from its header only (no data)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            total = 0
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                n = 1
+                for dim in f.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+            return total
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise SlimformerError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from e
+
+
+def check_model_config(meta: dict[str, Any], weights: Path, where: str) -> None:
+    """Before a model dir's skeleton is allocated: its config must be well typed, build (on the `meta`
+    device, which allocates nothing), fit in memory, and roughly agree with the size of the weights file.
+
+    This is what keeps a hostile or corrupted `slimformer.json` (`d_model: 10**7`) from allocating
+    terabytes or hanging in weight init before the shape check would have refused it.
+    """
+    from .io import build_from_meta
+
+    check_config_values(meta["architecture"], meta["config"], where)
+    try:
+        with torch.device("meta"):
+            skeleton = build_from_meta({**meta, "recipe": []})
+    except SlimformerError:
+        raise
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError, AssertionError,
+            AttributeError, OverflowError) as e:
+        raise SlimformerError(f"{where}: config does not build a model ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    elements, size = tensor_bytes(skeleton)
+    check_memory(size, f"the model in {where} ({elements:,} parameters)",
+                 "the config is wrong or the model is too large for this machine")
+    if weights.exists():
+        stored = file_elements(weights)
+        if elements > MAX_SHRINK * stored + 2**20:
+            raise SlimformerError(f"{where}: config describes {elements:,} parameters but {weights.name} holds "
+                                  f"only {stored:,}; config and weights do not belong together")
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+def _dims(model: nn.Module) -> dict[str, int]:
+    """d_model, heads, d_ff, layers, output vocabulary (0 if none) and max tokens of a supported model."""
+    from .models import Decoder, Encoder, Seq2Seq, ViT
+    from .models.hf import is_hf_model
+
+    c = getattr(model, "config", None)
+    if isinstance(model, ViT):
+        return {"d": c.d_model, "heads": c.n_heads, "ff": c.d_ff, "layers": c.n_layers, "vocab": 0,
+                "max_len": c.n_patches + 1}
+    if isinstance(model, (Encoder, Decoder, Seq2Seq)):
+        layers = getattr(c, "n_layers", 0) or c.n_enc_layers + c.n_dec_layers
+        vocab = 0 if isinstance(model, Encoder) else c.vocab_size
+        return {"d": c.d_model, "heads": c.n_heads, "ff": c.d_ff, "layers": layers, "vocab": vocab,
+                "max_len": c.max_len}
+    if is_hf_model(model):
+        return {"d": c.hidden_size, "heads": c.num_attention_heads, "ff": c.intermediate_size,
+                "layers": c.num_hidden_layers, "vocab": 0,
+                "max_len": getattr(c, "max_position_embeddings", 0) or 10**9}
+    raise SlimformerError(f"no memory model for {type(model).__name__}")
+
+
+def estimate_request_bytes(model: nn.Module, batch: int, seq_len: int) -> int:
+    """Rough peak bytes of one inference forward pass at `batch` x `seq_len`: the weights plus one
+    layer's activations (residual, q/k/v, attention scores and softmax, MLP hidden) plus the logits."""
+    dims = _dims(model)
+    _, weights = tensor_bytes(model)
+    per_layer = (batch * seq_len * (5 * dims["d"] + 2 * dims["ff"])
+                 + 2 * batch * dims["heads"] * seq_len * seq_len)
+    logits = batch * seq_len * dims["vocab"]
+    return weights + 4 * (per_layer + logits)
+
+
+def check_request(model: nn.Module, batch: int, seq_len: int) -> None:
+    """Refuse a batch / sequence length that is invalid or would not fit in memory, before allocating."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise SlimformerError(f"batch must be an integer >= 1, got {batch!r}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise SlimformerError(f"sequence length must be an integer >= 1, got {seq_len!r}")
+    dims = _dims(model)
+    check_memory(estimate_request_bytes(model, batch, min(seq_len, dims["max_len"])),
+                 f"batch {batch} x sequence {seq_len} on {type(model).__name__} (d_model {dims['d']}, "
+                 f"{dims['layers']} layers)", "use a smaller batch or sequence length")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+def _check_finite(x: Tensor, what: str) -> None:
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise SlimformerError(f"{what} contain {bad} NaN/Inf value(s) out of {x.numel()}; clean the input")
+
+
+def check_images(model: nn.Module, images: Tensor) -> None:
+    """images `[batch, channels, H, W]`, float, finite, of the size and channel count the ViT was built for."""
+    c = model.config
+    size = getattr(c, "image_size", None)
+    channels = getattr(c, "in_channels", None) or getattr(c, "num_channels", None)
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise SlimformerError(f"images must be a tensor [batch, {channels}, {size}, {size}], got {shape}")
+    if images.shape[0] == 0:
+        raise SlimformerError("empty batch: give at least one image")
+    if not images.is_floating_point():
+        raise SlimformerError(f"images must be floating point (normalized), got {images.dtype}")
+    if tuple(images.shape[1:]) != (channels, size, size):
+        raise SlimformerError(f"images are {tuple(images.shape[1:])} (channels, H, W); the model takes "
+                              f"({channels}, {size}, {size}): resize them first")
+    _check_finite(images, "images")
+
+
+def check_tokens(model: nn.Module, tokens: Tensor, mask: Tensor | None = None) -> None:
+    """tokens `[batch, time]` int ids in [0, vocab), time <= the model's positions; mask `[batch, time]`."""
+    c = model.config
+    vocab = getattr(c, "vocab_size", None)
+    max_len = _dims(model)["max_len"]
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise SlimformerError(f"tokens must be a tensor [batch, time], got {shape}")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise SlimformerError(f"empty batch: tokens have shape {tuple(tokens.shape)}")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise SlimformerError(f"tokens must be integer ids, got {tokens.dtype}")
+    if tokens.shape[1] > max_len:
+        raise SlimformerError(f"sequence length {tokens.shape[1]} exceeds the model's {max_len} positions; "
+                              "truncate or split the input")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        raise SlimformerError(f"token ids span [{low}, {high}] but the model's vocabulary is [0, {vocab}); "
+                              "was the text encoded with another model's tokenizer?")
+    if mask is not None and tuple(mask.shape) != tuple(tokens.shape):
+        raise SlimformerError(f"mask has shape {tuple(mask.shape)}, tokens {tuple(tokens.shape)}: they must match")
+
+
+def check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
+    """A tokenizer can only feed a model whose vocabulary holds every id it emits."""
+    c = model.config
+    vocab = getattr(c, "vocab_size", None)
+    n = len(tokenizer)
+    if vocab is not None and n > vocab:
+        raise SlimformerError(f"tokenizer has {n} tokens but the model's vocabulary has {vocab}: they do not "
+                              "belong together")
+
+
+def check_inputs(model: nn.Module, args: tuple, kwargs: dict | None = None) -> None:
+    """Validate the positional/keyword inputs about to be passed to `model` (as from
+    `bench.inputs.example_inputs` or a serving request)."""
+    from .models import Decoder, Encoder, Seq2Seq, ViT
+
+    kwargs = kwargs or {}
+    if isinstance(model, ViT):
+        if len(args) != 1:
+            raise SlimformerError(f"a ViT takes one input (images), got {len(args)}")
+        check_images(model, args[0])
+    elif isinstance(model, Encoder):
+        check_tokens(model, args[0], args[1] if len(args) > 1 else kwargs.get("mask"))
+    elif isinstance(model, (Decoder, Seq2Seq)):
+        for t in args[:2]:
+            check_tokens(model, t)
+    elif "pixel_values" in kwargs:
+        check_images(model, kwargs["pixel_values"])
+    elif "input_ids" in kwargs:
+        check_tokens(model, kwargs["input_ids"], kwargs.get("attention_mask"))
+    else:
+        raise SlimformerError(f"no input check for {type(model).__name__}")
