@@ -1,0 +1,194 @@
+"""The tensor core of token reduction: decide where every token goes, then move the tokens there.
+
+A block of a token-reducing model carries three per-token tensors:
+- `x`         `[batch, tokens, channels]`: the hidden states;
+- `size`      `[batch, tokens]` (float): how many original tokens each token stands for. 0 marks a
+              padded position or a dead slot, which attention must ignore and pooling must skip;
+- `protected` `[batch, tokens]` (bool): tokens that are never merged or dropped (class token,
+              [CLS]/[SEP], BOS/EOS).
+
+Both techniques produce a `Reduction` (for each token: the slot its mass moves to, the weight of its
+value there, and which slots survive in which order); `Reduction.apply` moves `x`, `size` and
+`protected` together. Real tokens always stay a prefix of each row in their original order, so a
+padded row reduces exactly like the same example alone, and the sequence keeps its reading order.
+
+- ToMe (Bolya et al. 2023): `bipartite_soft_matching` splits tokens alternately into sets A and B,
+  and merges the `r` tokens of A most similar (cosine of attention keys) to some token of B into it.
+- EViT (Liang et al. 2022): `attentive_pruning` keeps the tokens that receive the most attention and
+  drops (or fuses into one token) the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..models.attention import masked_value
+
+
+@dataclass
+class Reduction:
+    """Where each of the `T` input tokens of every row goes.
+
+    target: `[B, T]` long, the slot whose new value includes this token (itself if unchanged); -1
+            drops the token.
+    weight: `[B, T]` float, the weight of this token's value in its target's average.
+    changed: `[B, T]` bool, slots whose value is a new average (others keep their value bit for bit).
+    order:  `[B, T']` long, the slots that survive, in output order: live tokens first (original
+            order), then dead slots (padding) to make the rows equally long.
+    """
+
+    target: Tensor
+    weight: Tensor
+    changed: Tensor
+    order: Tensor
+
+    def apply(self, x: Tensor, size: Tensor, protected: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x `[B, T, C]`, size `[B, T]`, protected `[B, T]` -> the same three with `T'` tokens.
+
+        A changed slot gets `sum(w_i x_i) / sum(w_i)` over the tokens that move to it; its size is the
+        sum of their sizes, so `sum(size * x)` is conserved when the weights are the sizes (merging).
+        """
+        keep = self.target >= 0
+        target = self.target.clamp_min(0)
+        w = torch.where(keep, self.weight, 0).to(x.dtype)
+        index = target[..., None].expand_as(x)
+        sum_wx = torch.zeros_like(x).scatter_add_(1, index, x * w[..., None])
+        sum_w = torch.zeros_like(w).scatter_add_(1, target, w)
+        new_size = torch.zeros_like(size).scatter_add_(1, target, torch.where(keep, size, 0))
+        averaged = sum_wx / sum_w.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
+        x = torch.where(self.changed[..., None], averaged, x)
+        x = x.gather(1, self.order[..., None].expand(-1, -1, x.shape[-1]))
+        return x, new_size.gather(1, self.order), protected.gather(1, self.order)
+
+    def unmerge(self, y: Tensor) -> Tensor:
+        """y `[B, T', C]` (outputs of the reduced tokens) -> `[B, T, C]`: each original token gets the
+        output of the token it went into (zeros for dropped tokens). Inverse of `apply` for dense outputs."""
+        b, t = self.target.shape
+        slot_pos = torch.full((b, t), -1, dtype=torch.long, device=y.device)
+        slot_pos.scatter_(1, self.order, torch.arange(self.order.shape[1], device=y.device).expand(b, -1))
+        pos = slot_pos.gather(1, self.target.clamp_min(0))
+        pos = torch.where(self.target >= 0, pos, -1)
+        out = y.gather(1, pos.clamp_min(0)[..., None].expand(-1, -1, y.shape[-1]))
+        return torch.where((pos >= 0)[..., None], out, 0)
+
+
+def _survivors(live: Tensor) -> Tensor:
+    """live `[B, T]` bool -> order `[B, T']`: live slots in original order, then dead ones, where
+    `T'` is the longest row's live count (integer keys, so the order never depends on float noise)."""
+    t = live.shape[1]
+    pos = torch.arange(t, device=live.device)
+    key = torch.where(live, pos, pos + t)
+    keep = int(live.sum(1).max())
+    return key.argsort(dim=1)[:, :keep]
+
+
+def _ranks(scores: Tensor) -> Tensor:
+    """scores `[B, N]` -> rank `[B, N]` of each entry in descending order (0 = best; stable on ties)."""
+    order = scores.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    return rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+
+
+def mergeable(size: Tensor, protected: Tensor) -> Tensor:
+    """`[B, T]` bool: real (size > 0) tokens that are not protected."""
+    return (size > 0) & ~protected
+
+
+def bipartite_soft_matching(metric: Tensor, r: Tensor | int, size: Tensor, protected: Tensor) -> Reduction:
+    """ToMe's matching. metric `[B, T, C]` (attention keys, averaged over heads); r: merges per row,
+    an int or `[B]` long; size, protected `[B, T]`.
+
+    Tokens at even positions form set A, odd positions set B; each mergeable A token proposes its most
+    similar mergeable B token, and the `r` best proposals of each row are merged (size-weighted).
+    Padding and protected tokens are never matched, so padding never mixes with real tokens.
+    """
+    b, t, _ = metric.shape
+    device = metric.device
+    pos = torch.arange(t, device=device).expand(b, t)
+    if t < 2:  # nothing to pair up
+        return Reduction(pos, size, torch.zeros_like(protected), pos)
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, bb = metric[:, ::2], metric[:, 1::2]
+    ok = mergeable(size, protected)
+    ok_a, ok_b = ok[:, ::2], ok[:, 1::2]
+    scores = a @ bb.transpose(1, 2)
+    scores.masked_fill_(~(ok_a[:, :, None] & ok_b[:, None, :]), -math.inf)
+    best, partner = scores.max(dim=-1)  # [B, Ta]
+
+    r = torch.as_tensor(r, device=device).expand(b)
+    # At most half of the mergeable tokens go per block: every merged token needs a partner that stays.
+    r = torch.minimum(r, torch.minimum(ok.sum(1) // 2, ok_a.sum(1)))
+    r = torch.where(ok_b.any(1), r, 0)
+    merged = (_ranks(best) < r[:, None]) & ok_a  # [B, Ta]
+
+    target = pos.clone()
+    target[:, ::2] = torch.where(merged, 2 * partner + 1, pos[:, ::2])
+    changed = torch.zeros(b, t, dtype=torch.bool, device=device)
+    changed[:, 1::2] |= torch.zeros_like(ok_b, dtype=torch.long).scatter_add_(1, partner, merged.long()) > 0
+    live = size > 0
+    live[:, ::2] &= ~merged
+    return Reduction(target, size, changed, _survivors(live))
+
+
+def attentive_pruning(score: Tensor, keep_rate: float, size: Tensor, protected: Tensor, fuse: bool) -> Reduction:
+    """EViT's pruning. score `[B, T]`: attention each token receives; size, protected `[B, T]`.
+
+    Each row keeps the `ceil(keep_rate * n)` highest-scoring of its `n` mergeable tokens. With `fuse`,
+    the dropped tokens become one token after the kept ones: their score-weighted average, whose size
+    is the sum of theirs (so pooling still counts them).
+    """
+    b, t = score.shape
+    device = score.device
+    ok = mergeable(size, protected)
+    n_keep = torch.ceil(ok.sum(1) * keep_rate - 1e-6).long()
+    rank = _ranks(score.masked_fill(~ok, -math.inf))
+    drop = ok & (rank >= n_keep[:, None])
+
+    pos = torch.arange(t, device=device).expand(b, t)
+    live = (size > 0) & ~drop
+    changed = torch.zeros(b, t, dtype=torch.bool, device=device)
+    if fuse:
+        # The fused token lives in the slot of the best dropped token, and sorts after every kept one.
+        first = drop & (rank == n_keep[:, None])
+        slot = torch.where(first, pos, 0).sum(1)
+        target = torch.where(drop, slot[:, None], pos)
+        weight = torch.where(drop, score, size)
+        changed |= first
+        key = torch.where(live, pos, torch.where(first, t, pos + t + 1))
+        live |= first
+        order = key.argsort(dim=1)[:, :int(live.sum(1).max())]
+    else:
+        target = torch.where(drop, -1, pos)
+        weight = size
+        order = _survivors(live)
+    return Reduction(target, weight, changed, order)
+
+
+def attention_received(q: Tensor, k: Tensor, bias: Tensor | None, size: Tensor, query: str) -> Tensor:
+    """How much attention each token receives, averaged over heads. q, k `[B, H, T, D]`; bias additive,
+    broadcastable to `[B, H, T, T]`; size `[B, T]`. query="cls": from the first token only (EViT with a
+    class token); "mean": mean over the real query tokens. Returns `[B, T]`."""
+    scale = q.shape[-1] ** -0.5
+    if query == "cls":
+        logits = (q[:, :, :1] @ k.transpose(-1, -2)) * scale  # [B, H, 1, T]
+        if bias is not None:
+            logits = logits + bias[..., :1, :]
+        return logits.softmax(-1)[:, :, 0].mean(1)
+    logits = (q @ k.transpose(-1, -2)) * scale
+    if bias is not None:
+        logits = logits + bias
+    probs = logits.softmax(-1).mean(1)  # [B, T, T]
+    real = (size > 0).to(probs.dtype)
+    return (probs * real[:, :, None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1)
+
+
+def size_bias(size: Tensor, prop_attn: bool, dtype: torch.dtype) -> Tensor:
+    """Additive key bias `[B, 1, 1, T]` from sizes `[B, T]`: dead slots masked; with proportional
+    attention a token of size s adds log(s), i.e. counts like s identical keys."""
+    live = size > 0
+    value = torch.log(size.clamp_min(1e-30)) if prop_attn else torch.zeros_like(size)
+    return torch.where(live, value, masked_value(dtype)).to(dtype)[:, None, None, :]
