@@ -175,8 +175,10 @@ def load_model_dir(path: str | Path) -> nn.Module:
     guard.check_model_config(meta, path / WEIGHTS, str(path / META))  # before allocating anything
     try:
         model = build_from_meta(meta)
-    except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError, AssertionError) as e:
-        raise SlimformerError(f"{path / META}: config does not build a model ({e})") from e
+    except SlimformerError:
+        raise
+    except Exception as e:  # untrusted file: whatever its config/recipe state breaks, name the file
+        raise SlimformerError(f"{path / META}: config does not build a model ({type(e).__name__}: {e})") from e
     tensors = read_weights(path / WEIGHTS, meta.get("sha256"))
     for alias, target in meta["aliases"].items():
         if target not in tensors:

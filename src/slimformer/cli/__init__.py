@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:  # the user's environment: permission denied, disk full, not a directory
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except (KeyboardInterrupt, click.Abort, typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)

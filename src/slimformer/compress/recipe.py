@@ -9,7 +9,10 @@ YAML:    steps:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -21,6 +24,12 @@ from torch import nn
 
 from ..errors import SlimformerError
 from .registry import Step, StepContext, all_steps, get_step
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines; anything bigger is a mistake or an attack
+# Error messages quote user values through this: a YAML alias bomb must not expand into a 10 GB message.
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxdict, _repr.maxstring, _repr.maxother = 3, 6, 6, 80, 80
+_short = _repr.repr
 
 
 @dataclass
@@ -60,28 +69,28 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except SlimformerError as e:
                 errors.append(str(e))
-        raise SlimformerError(f"{where} must be " + " or ".join(_type_name(a) for a in args) + f", got {value!r}")
+        raise SlimformerError(f"{where} must be " + " or ".join(_type_name(a) for a in args) + f", got {_short(value)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         for choice in choices:
             if value == choice or (isinstance(value, str) and str(choice) == value):
                 return choice
-        raise SlimformerError(f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise SlimformerError(f"{where} must be one of {', '.join(map(repr, choices))}, got {_short(value)}")
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (Any,)
         items = value.split("/") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
-            raise SlimformerError(f"{where} must be a list (inline: values joined by '/'), got {value!r}")
+            raise SlimformerError(f"{where} must be a list (inline: values joined by '/'), got {_short(value)}")
         return [_coerce(v, inner, where) for v in items]
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise SlimformerError(f"{where} must be true or false, got {value!r}")
+        raise SlimformerError(f"{where} must be true or false, got {_short(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise SlimformerError(f"{where} must be an integer, got {value!r}")
+            raise SlimformerError(f"{where} must be an integer, got {_short(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, str):
@@ -89,29 +98,30 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise SlimformerError(f"{where} must be an integer, got {value!r}")
+        raise SlimformerError(f"{where} must be an integer, got {_short(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise SlimformerError(f"{where} must be a number, got {value!r}")
+            raise SlimformerError(f"{where} must be a number, got {_short(value)}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise SlimformerError(f"{where} must be a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None and math.isfinite(number):
+            return number
+        raise SlimformerError(f"{where} must be a finite number, got {_short(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise SlimformerError(f"{where} must be text, got {value!r}")
+        raise SlimformerError(f"{where} must be text, got {_short(value)}")
     return value
 
 
 def options_from_dict(step: Step, values: dict[str, Any]) -> Any:
     """Build `step`'s options dataclass from user values, naming any unknown key or bad value."""
     if not isinstance(values, dict):
-        raise SlimformerError(f"options of step {step.name!r} must be a mapping, got {values!r}")
+        raise SlimformerError(f"options of step {step.name!r} must be a mapping, got {_short(values)}")
     hints = typing.get_type_hints(step.options)
     valid = [f.name for f in dataclasses.fields(step.options)]
     kwargs = {}
@@ -163,7 +173,7 @@ def _parse_yaml(data: Any, source: str) -> list[tuple[str, dict[str, Any]]]:
             out.append((str(name), opts if opts is not None else {}))
         else:
             raise SlimformerError(f"{source}: step {i} must be a name or {{name: {{option: value}}}}, "
-                                  f"got {item!r}")
+                                  f"got {_short(item)}")
     return out
 
 
@@ -175,12 +185,15 @@ def parse_recipe(spec: str | Path | list | None) -> list[RecipeStep]:
         raw = _parse_yaml(spec, "recipe")
     elif str(spec).endswith((".yaml", ".yml")):
         path = Path(spec)
-        if not path.exists():
+        if not path.is_file():
             raise SlimformerError(f"recipe file {path} not found")
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise SlimformerError(f"recipe file {path} is {path.stat().st_size:,} bytes; recipes are at most "
+                                  f"{MAX_RECIPE_BYTES:,}")
         try:
             raw = _parse_yaml(yaml.safe_load(path.read_text()), str(path))
-        except yaml.YAMLError as e:
-            raise SlimformerError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise SlimformerError(f"{path}: not valid YAML ({(str(e).splitlines() or [''])[0]})") from e
     else:
         raw = _parse_inline(str(spec))
     steps = [RecipeStep(get_step(name), options_from_dict(get_step(name), opts)) for name, opts in raw]
