@@ -202,6 +202,16 @@ def check_request(model: nn.Module, batch: int, seq_len: int) -> None:
                  f"{dims['layers']} layers)", "use a smaller batch or sequence length")
 
 
+def check_threads(threads: int) -> int:
+    """A thread count that torch can honour: 1 .. 8 x the cores (more only oversubscribes, and 10**8
+    would try to start 10**8 OpenMP threads)."""
+    cap = 8 * (os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cap:
+        raise SlimformerError(f"--threads must be an integer in [1, {cap}] (8 x the {os.cpu_count()} cores), "
+                              f"got {threads!r}")
+    return threads
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 
 def _check_finite(x: Tensor, what: str) -> None:

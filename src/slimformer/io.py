@@ -29,6 +29,7 @@ from .models import hf as hf_models
 WEIGHTS = "model.safetensors"
 META = "slimformer.json"
 FORMAT = "slimformer-model/1"
+MAX_META_BYTES = 64 << 20  # a real slimformer.json is kilobytes
 
 
 def versions() -> dict[str, str]:
@@ -113,10 +114,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise SlimformerError(f"{path}: staging dir of an unfinished (interrupted) save, never a model; delete it")
     if not meta_path.exists():
         raise SlimformerError(f"{meta_path}: missing; not a slimformer model dir (or an unfinished save)")
+    if meta_path.stat().st_size > MAX_META_BYTES:
+        raise SlimformerError(f"{meta_path}: {meta_path.stat().st_size:,} bytes, more than any real "
+                              f"{META} ({MAX_META_BYTES:,}); refusing to parse it")
     try:
         meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SlimformerError(f"{meta_path}: not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # bad JSON/UTF-8, 5000-digit ints, `[[[[...` bombs
+        raise SlimformerError(f"{meta_path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SlimformerError(f"{meta_path}: format is not {FORMAT!r}")
     for key, kind in (("architecture", str), ("config", dict), ("recipe", list), ("aliases", dict)):

@@ -63,8 +63,10 @@ def train(
     from ..errors import SlimformerError
     from ..tasks import TASKS, get_task
 
-    if threads:
-        torch.set_num_threads(threads)
+    if threads is not None:
+        from ..guard import check_threads
+
+        torch.set_num_threads(check_threads(threads))
     module = get_task(task)
     if not TASKS[task].trainable:
         raise SlimformerError(f"task {task!r} has nothing to train")

@@ -192,7 +192,7 @@ def parse_recipe(spec: str | Path | list | None) -> list[RecipeStep]:
                                   f"{MAX_RECIPE_BYTES:,}")
         try:
             raw = _parse_yaml(yaml.safe_load(path.read_text()), str(path))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: `[[[[...` bombs
             raise SlimformerError(f"{path}: not valid YAML ({(str(e).splitlines() or [''])[0]})") from e
     else:
         raw = _parse_inline(str(spec))
