@@ -98,8 +98,10 @@ def calibration_batches(model: nn.Module, ctx: StepContext, step: str) -> Iterat
     from ..bench.inputs import example_inputs
 
     log.warning("%s: no task calibration data (pass a task); scoring on random example inputs", step)
+    config = getattr(model, "config", None)
+    max_len = getattr(config, "max_len", None) or getattr(config, "max_position_embeddings", None) or 64
     for seed in range(4):
-        yield example_inputs(model, batch=16, seq_len=64, seed=seed)
+        yield example_inputs(model, batch=16, seq_len=min(64, max_len), seed=seed)
 
 
 @torch.no_grad()

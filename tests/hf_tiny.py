@@ -1,0 +1,34 @@
+"""Tiny randomly initialized Hugging Face models (BERT, ViT) for fast structure tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=1200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=32, attn_implementation="sdpa")
+    return BertModel(cfg).eval()
+
+
+def tiny_hf_vit():
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                    num_attention_heads=4, intermediate_size=64, attn_implementation="sdpa")
+    return ViTModel(cfg).eval()
+
+
+def bert_inputs(batch: int = 3, seq: int = 12, seed: int = 1) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, seq // 2:] = 0  # one padded row, so masking is exercised too
+    return ids, mask
+
+
+def vit_inputs(batch: int = 3, seed: int = 1) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 1, 8, 8, generator=g),)
