@@ -2,6 +2,8 @@
 
 Warm up until two consecutive windows agree (allocator, caches and lazy init settle), then time
 `repeats` calls; report the median and p99 so one slow outlier neither hides nor dominates.
+Several variants are timed *interleaved* (round-robin, rotating the order every round), so a burst
+of machine noise lands on all of them alike and their ratios stay honest.
 """
 
 from __future__ import annotations
@@ -77,3 +79,35 @@ def measure(fn: Callable[[], object], batch: int, repeats: int = 20, warmup_seco
     with torch.inference_mode():
         warm_up(fn, max_seconds=warmup_seconds)
         return summarize(time_calls(fn, repeats), batch)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], batch: int, rounds: int = 10, calls_per_round: int = 2,
+                warmup_seconds: float = 5.0, max_seconds: float | None = None, min_rounds: int = 3,
+                on_round: Callable[[int, int], None] | None = None) -> dict[str, Timing]:
+    """Time several variants in one run, round-robin, so machine noise hits them alike.
+
+    Each variant is warmed up until stable, then every round calls each variant `calls_per_round`
+    times; the starting variant rotates each round so none always runs right after the same
+    neighbour (cache and frequency effects). With `max_seconds`, the number of rounds is cut to fit
+    the time budget (never below `min_rounds`), estimated from the first round.
+    `on_round(done, total)` reports progress.
+    """
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    with torch.inference_mode():
+        for name in names:
+            warm_up(fns[name], max_seconds=warmup_seconds)
+        total = rounds
+        start = time.perf_counter()
+        r = 0
+        while r < total:
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name].extend(time_calls(fns[name], calls_per_round))
+            r += 1
+            if r == 1 and max_seconds is not None:
+                per_round = time.perf_counter() - start
+                total = max(min_rounds, min(rounds, int(max_seconds / max(per_round, 1e-9))))
+            if on_round is not None:
+                on_round(r, total)
+    return {n: summarize(samples[n], batch) for n in names}

@@ -1,0 +1,69 @@
+"""`pareto.png`: task metric vs latency, the Pareto front highlighted, baselines marked.
+
+Each run gets its own colour; within a run, slimformer variants are circles (front ones filled and
+joined by a line), the fp32 model a black star, and external baselines (ONNX Runtime, torchao)
+labelled squares, so a reader sees at once whether a recipe beats the tools people already use.
+Without a task metric the y axis falls back to size on disk (lower is better).
+"""
+
+from __future__ import annotations
+
+import io as _io
+
+from .tables import Run, pareto_front
+
+BASELINE_MARKERS = ("s", "D", "^", "v", "P", "X")
+
+
+def pareto_png(runs: list[Run], metric: str | None) -> bytes:
+    """The plot as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    ylabel = metric or "size on disk (MB, lower is better)"
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def y_of(r: dict) -> float | None:
+        if metric:
+            return r["metrics"].get(metric)
+        return None if r["size_mb"] is None else -r["size_mb"]  # negate: front code maximises y
+
+    for k, run in enumerate(runs):
+        color = colors[k % len(colors)]
+        tag = f" ({run.source})" if len(runs) > 1 else ""
+        pts = [(r, r["latency_ms"]["p50"], y_of(r)) for r in run.results]
+        pts = [p for p in pts if p[2] is not None]
+        ours = [p for p in pts if p[0].get("kind", "slimformer") == "slimformer"]
+        front = [ours[i] for i in pareto_front([(p[1], p[2]) for p in ours])]
+        sign = 1 if metric else -1
+        ax.scatter([p[1] for p in ours], [sign * p[2] for p in ours], s=30, facecolors="none", edgecolors=color,
+                   label=f"recipes{tag}", zorder=3)
+        if front:
+            ax.plot([p[1] for p in front], [sign * p[2] for p in front], "-o", color=color, lw=2, ms=7,
+                    label=f"Pareto front{tag}", zorder=4)
+            for p in front:
+                label = p[0]["recipe"] or "fp32"
+                ax.annotate(label, (p[1], sign * p[2]), textcoords="offset points", xytext=(6, 6), fontsize=7,
+                            color=color)
+        for p in ours:
+            if p[0]["recipe"] == "":
+                ax.scatter([p[1]], [sign * p[2]], marker="*", s=220, color="black", zorder=5,
+                           label=f"fp32 baseline{tag}")
+        for j, p in enumerate(q for q in pts if q[0].get("kind") == "baseline"):
+            ax.scatter([p[1]], [sign * p[2]], marker=BASELINE_MARKERS[j % len(BASELINE_MARKERS)], s=90,
+                       color="dimgray", edgecolors="black", zorder=5, label=f"baseline: {p[0]['name']}{tag}")
+            ax.annotate(p[0]["name"], (p[1], sign * p[2]), textcoords="offset points", xytext=(6, -12),
+                        fontsize=8, color="dimgray")
+    ax.set_xlabel("p50 latency per batch (ms, lower is better)")
+    ax.set_ylabel(ylabel)
+    ax.set_title("metric vs latency: Pareto front and baselines")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,380 @@
+"""`slimformer search`: the fastest recipe whose task metric stays within a budget of fp32.
+
+The space is every registered step family with a knob swept from mild to aggressive (token merge
+r, token-prune ratio, head/FFN pruning ratios, low-rank energy; int8, bf16 as switches). It is
+explored cheapest-first and pruned where monotonicity says nothing better can follow:
+
+1. Singles: each family alone, mild to aggressive. The metric is computed before latency (it is
+   what usually rules a candidate out); a family stops at the first setting over budget, or when a
+   more aggressive setting is no faster (the rest of that branch is dominated). A structural step
+   that breaks the budget gets one try with distillation after it, where the task can train.
+2. Combinations: families in order of their best single speedup extend a small beam of recipes
+   kept on the (latency, drop) Pareto front; each extension tries that family's feasible settings
+   from the most aggressive down and keeps the first two that fit the budget. Combinations whose
+   estimated latency (product of single-step ratios) gains nothing are never built.
+3. Final: the front, fp32 and the external baselines are measured together by the bench runner
+   (interleaved, same inputs, peak memory per fresh process) and the best recipe is written as YAML
+   beside results.json, front.json and the report.
+
+Every evaluated candidate is cached in OUT/cache.json (keyed by model, task, shapes, threads), so a
+rerun of the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from . import atomic, io
+from .api import compress_model, recipe_of
+from .bench.inputs import example_inputs
+from .bench.timing import measure
+from .compress.recipe import parse_recipe
+from .compress.registry import all_steps
+from .errors import SlimformerError
+from .models import ViT
+from .tasks import TASKS, get_task
+
+log = logging.getLogger(__name__)
+
+# step -> (option, values from mild to aggressive). A value list given as fractions of the token count
+# is marked "tokens". Steps without a knob are switches. Unknown steps or options are skipped.
+RATIOS = [0.125, 0.25, 0.375, 0.5, 0.625]
+KNOBS: dict[str, list[tuple[str, Any]]] = {
+    "tome": [("r", "tokens")],
+    "token-prune": [("keep_rate", [0.9, 0.8, 0.7, 0.6, 0.5])],
+    "prune-heads": [("ratio", [0.167, 0.333, 0.5])],
+    "prune-ffn": [("ratio", RATIOS)],
+    "lowrank": [("energy", [0.995, 0.99, 0.98, 0.95, 0.9])],
+}
+SWITCHES = ("int8", "bf16", "int8-weight")
+STRUCTURAL = ("prune-heads", "prune-ffn", "lowrank")
+# Canonical order of steps inside a recipe (structure on float weights, tokens, distill, precision last).
+ORDER = ("prune-heads", "prune-ffn", "lowrank", "tome", "token-prune", "distill", "int8", "int8-weight", "bf16")
+
+
+@dataclass
+class SearchConfig:
+    model: str
+    task: str
+    max_drop: float
+    out: Path
+    batch: int | None = None
+    seq_len: int = 128
+    threads: int = 2
+    baselines: list[str] = field(default_factory=lambda: ["ort", "torchao"])
+    distill: bool = True
+    budget_s: float | None = None  # soft limit on exploring (the final measurement comes after)
+    beam: int = 4
+    final_rounds: int = 10
+    steps: list[str] | None = None  # restrict the families explored (default: every registered step)
+
+
+@dataclass
+class Candidate:
+    recipe: str
+    metric: float | None = None
+    drop: float | None = None
+    latency_ms: float | None = None
+    ok: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Outcome:
+    best: str
+    results: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    summary: str
+
+
+def join(parts: list[str]) -> str:
+    """Steps joined in canonical order (one per step name)."""
+    by_name = {p.split(":")[0]: p for p in parts if p}
+    return "+".join(by_name[n] for n in sorted(by_name, key=lambda n: ORDER.index(n) if n in ORDER else 99))
+
+
+def token_count(model: nn.Module, seq_len: int) -> int:
+    if isinstance(model, ViT):
+        return (model.config.image_size // model.config.patch_size) ** 2 + 1
+    return seq_len
+
+
+def family_grid(name: str, options: type, tokens: int) -> list[str]:
+    """The inline settings of one step, mild to aggressive ([name] for a switch; [] if no known knob)."""
+    fields = {f.name for f in dataclasses.fields(options)}
+    if name in SWITCHES:
+        return [name]
+    for opt, values in KNOBS.get(name, []):
+        if opt in fields:
+            if values == "tokens":
+                values = sorted({max(1, round(tokens * f)) for f in (0.04, 0.08, 0.12, 0.16, 0.2)})
+            return [f"{name}:{opt}={v}" for v in values]
+    return []
+
+
+class Search:
+    def __init__(self, cfg: SearchConfig, console=None) -> None:
+        if not 0 <= cfg.max_drop < 1:
+            raise SlimformerError(f"--max-drop must be in [0, 1), got {cfg.max_drop}")
+        if cfg.task not in TASKS:
+            raise SlimformerError(f"unknown task {cfg.task!r}; tasks: {', '.join(TASKS)}")
+        self.cfg = cfg
+        self.console = console
+        self.task = get_task(cfg.task)
+        self.metric_name = TASKS[cfg.task].metric
+        torch.set_num_threads(cfg.threads)
+        self.base = io.load(cfg.model)
+        self.applied = recipe_of(cfg.model)
+        self.batch = cfg.batch or (64 if isinstance(self.base, ViT) else 32)
+        self.inputs = example_inputs(self.base, batch=self.batch, seq_len=cfg.seq_len)
+        registered = all_steps()
+        unknown = sorted(set(cfg.steps or []) - set(registered))
+        if unknown:
+            raise SlimformerError(f"--steps: unknown {', '.join(unknown)}; steps: {', '.join(sorted(registered))}")
+        self.steps = {n: s for n, s in registered.items() if cfg.steps is None or n in cfg.steps}
+        self.evaluated = 0  # candidates computed in this process (not served from the cache)
+        self.cache_path = Path(cfg.out) / "cache.json"
+        self.cache: dict[str, dict] = {}
+        self.started = time.perf_counter()
+        self.base_ms: float | None = None
+        self.base_metric = 0.0
+
+    # ---- cache ----------------------------------------------------------------------------------
+    def key(self) -> dict[str, Any]:
+        path = Path(self.cfg.model)
+        if (path / io.META).exists():
+            model_id = io.read_meta(path)["sha256"]
+        elif self.cfg.model == "minilm" or (path / "config.json").exists():
+            from .models.hf import minilm_dir
+
+            hf = minilm_dir() if self.cfg.model == "minilm" else path
+            model_id = io.sha256(hf / "model.safetensors")
+        else:
+            model_id = self.cfg.model
+        return {"model": model_id, "task": self.cfg.task, "batch": self.batch, "seq_len": self.cfg.seq_len,
+                "threads": self.cfg.threads, "torch": torch.__version__}
+
+    def load_cache(self) -> None:
+        if self.cache_path.exists():
+            try:
+                data = json.loads(self.cache_path.read_text())
+            except json.JSONDecodeError:
+                data = {}
+            if data.get("key") == self.key():
+                self.cache = data.get("candidates", {})
+                log.info("resuming: %d cached candidates", len(self.cache))
+
+    def save_cache(self) -> None:
+        atomic.write_text(self.cache_path, json.dumps({"key": self.key(), "candidates": self.cache}, indent=1))
+
+    # ---- one candidate --------------------------------------------------------------------------
+    def quick_latency(self, model: nn.Module) -> float:
+        args, kwargs = self.inputs
+        # about 2 s of timing per candidate, between 4 and 15 calls
+        repeats = 10 if self.base_ms is None else int(min(15, max(4, 2.0 / max(self.base_ms / 1000, 1e-3))))
+        return measure(lambda: model(*args, **kwargs), self.batch, repeats=repeats, warmup_seconds=2.0).p50_ms
+
+    def build(self, recipe: str) -> nn.Module:
+        model, _ = compress_model(copy.deepcopy(self.base), recipe, self.cfg.task, self.applied)
+        return model
+
+    def evaluate(self, recipe: str) -> Candidate:
+        if recipe in self.cache:
+            return Candidate(**self.cache[recipe])
+        t0 = time.perf_counter()
+        self.evaluated += 1
+        cand = Candidate(recipe)
+        try:
+            model = self.build(recipe)
+            cand.metric = float(self.task.evaluate(model)[self.metric_name])
+            cand.drop = self.base_metric - cand.metric
+            cand.ok = cand.drop <= self.cfg.max_drop + 1e-9
+            if cand.ok:  # cheap first: latency only for candidates inside the budget
+                cand.latency_ms = self.quick_latency(model)
+        except (SlimformerError, RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+            cand.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            log.warning("%s: %s", recipe, cand.error)
+        cand.seconds = time.perf_counter() - t0
+        self.cache[recipe] = dataclasses.asdict(cand)
+        self.save_cache()
+        self.report(cand)
+        return cand
+
+    def report(self, c: Candidate) -> None:
+        if self.console is None:
+            return
+        if c.error:
+            self.console.log(f"[red]x[/] {c.recipe}: {c.error}")
+        elif not c.ok:
+            self.console.log(f"[yellow]-[/] {c.recipe}: {self.metric_name} {c.metric:.4f} (drop {c.drop:.4f})")
+        else:
+            self.console.log(f"[green]+[/] {c.recipe}: {self.metric_name} {c.metric:.4f}, "
+                             f"{c.latency_ms:.1f} ms ({self.base_ms / c.latency_ms:.2f}x)  [{c.seconds:.0f} s]")
+
+    def over_budget(self) -> bool:
+        return self.cfg.budget_s is not None and time.perf_counter() - self.started > self.cfg.budget_s
+
+    # ---- the search -----------------------------------------------------------------------------
+    def can_distill(self) -> bool:
+        return self.cfg.distill and "distill" in all_steps() and hasattr(self.task, "training_data")
+
+    def singles(self, tick) -> dict[str, list[Candidate]]:
+        """Stage 1: each family alone, mild to aggressive, stopping dominated branches."""
+        tokens = token_count(self.base, self.cfg.seq_len)
+        feasible: dict[str, list[Candidate]] = {}
+        for name, step in self.steps.items():
+            grid = family_grid(name, step.options, tokens)
+            kept: list[Candidate] = []
+            distilled = False
+            for recipe in grid:
+                if self.over_budget():
+                    break
+                c = self.evaluate(join([recipe, "distill"] if distilled else [recipe]))
+                tick(c)
+                if not c.ok and not c.error and name in STRUCTURAL and self.can_distill() and not distilled:
+                    distilled = True  # rescue this setting (and go on from it) with distillation
+                    c = self.evaluate(join([recipe, "distill"]))
+                    tick(c)
+                if not c.ok:
+                    break
+                if kept and c.latency_ms >= kept[-1].latency_ms * 0.98:
+                    break  # more aggressive but no faster: the rest of the branch is dominated
+                if c.latency_ms < self.base_ms * 0.98:
+                    kept.append(c)
+            if kept:
+                feasible[name] = kept
+        return feasible
+
+    def combine(self, singles: dict[str, list[Candidate]], tick) -> list[Candidate]:
+        """Stage 2: grow a beam of recipes on the (latency, drop) front, one family at a time."""
+        speed = {n: self.base_ms / min(c.latency_ms for c in cs) for n, cs in singles.items()}
+        order = sorted(singles, key=lambda n: -speed[n])
+        base = Candidate("", self.base_metric, 0.0, self.base_ms, True)
+        beam, seen = [base], {}
+        for name in order:
+            grown = list(beam)
+            for state in beam:
+                if self.over_budget():
+                    break
+                found = 0
+                for single in reversed(singles[name]):  # most aggressive first
+                    parts = [p for p in state.recipe.split("+") if p] + single.recipe.split("+")
+                    recipe = join(parts)
+                    try:
+                        parse_recipe(recipe)
+                    except SlimformerError:
+                        break  # this family cannot follow the state (order / family rule)
+                    estimate = state.latency_ms * single.latency_ms / self.base_ms
+                    if estimate > state.latency_ms * 0.97:
+                        continue  # no gain expected: do not build it
+                    c = seen.get(recipe) or self.evaluate(recipe)
+                    seen[recipe] = c
+                    tick(c)
+                    if c.ok and c.latency_ms < state.latency_ms:
+                        grown.append(c)
+                        found += 1
+                        if found == 2:
+                            break
+            beam = beam_front(grown, self.cfg.beam)
+        return [c for c in seen.values() if c.ok]
+
+    def run(self) -> Outcome:
+        from .tasks.training import progress_bar
+
+        out = Path(self.cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.load_cache()
+        self.base_metric = float(self.task.evaluate(self.base)[self.metric_name])
+        self.base_ms = self.quick_latency(self.base)
+        if self.console:
+            self.console.log(f"fp32: {self.metric_name} {self.base_metric:.4f}, {self.base_ms:.1f} ms/batch "
+                             f"(batch {self.batch}, {self.cfg.threads} threads); budget: drop <= {self.cfg.max_drop}")
+        total = sum(len(family_grid(n, s.options, token_count(self.base, self.cfg.seq_len)))
+                    for n, s in self.steps.items())
+        with progress_bar() as bar:
+            job = bar.add_task("search", total=total * 2, info="")
+
+            def tick(c: Candidate) -> None:
+                bar.update(job, advance=1, info=c.recipe[:50])
+
+            singles = self.singles(tick)
+            combos = self.combine(singles, tick)
+            bar.update(job, completed=total * 2)
+        pool = {c.recipe: c for cs in singles.values() for c in cs} | {c.recipe: c for c in combos}
+        return self.finish(list(pool.values()))
+
+    def finish(self, pool: list[Candidate]) -> Outcome:
+        """Stage 3: measure the front with fp32 and the baselines in one run; write everything."""
+        from .api import write_results
+        from .bench.runner import baseline_variants, measure_variants, torch_variant
+        from .report import write_report
+        from .report.tables import pareto_front
+
+        out = Path(self.cfg.out)
+        front_idx = pareto_front([(c.latency_ms, c.metric) for c in pool])
+        front = [pool[i] for i in front_idx][:6]
+        if self.console:
+            self.console.log(f"final measurement: fp32, {len(front)} front recipe(s), baselines "
+                             f"{','.join(self.cfg.baselines) or 'none'}")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="slimformer-search-") as tmp:
+            variants = [torch_variant("fp32", self.base, "", self.applied, self.inputs, Path(tmp), self.batch,
+                                      self.cfg.seq_len, {self.metric_name: self.base_metric})]
+            for c in front:
+                model, record = compress_model(copy.deepcopy(self.base), c.recipe, self.cfg.task, self.applied)
+                variants.append(torch_variant(c.recipe, model, c.recipe, record, self.inputs, Path(tmp), self.batch,
+                                              self.cfg.seq_len, {self.metric_name: c.metric}))
+            variants += baseline_variants(self.base, self.cfg.baselines, self.inputs, Path(tmp), self.cfg.threads,
+                                          self.cfg.task)
+            seq = token_count(self.base, self.cfg.seq_len)
+            say = (lambda m: self.console.log(m)) if self.console else None
+            results = measure_variants(variants, self.batch, seq, self.cfg.threads, self.cfg.task,
+                                       rounds=self.cfg.final_rounds, progress=say)
+        base_p50 = results[0]["latency_ms"]["p50"]
+        for r in results:
+            r["speedup"] = round(base_p50 / r["latency_ms"]["p50"], 4)
+        ours = [r for r in results if r["kind"] == "slimformer"]
+        best = min(ours, key=lambda r: r["latency_ms"]["p50"])
+        write_results(out / "results.json", results)
+        atomic.write_text(out / "front.json", json.dumps([r for r in ours if r["recipe"]], indent=2))
+        steps = [{s.step.name: dataclasses.asdict(s.options)} for s in parse_recipe(best["recipe"] or None)]
+        doc = {"name": f"search-{self.cfg.task}",
+               "description": (f"fastest recipe within {self.metric_name} drop <= {self.cfg.max_drop}: "
+                               f"{best['speedup']:.2f}x fp32 p50 at batch {self.batch}, {self.cfg.threads} threads"),
+               "steps": steps}
+        atomic.write_text(out / "best_recipe.yaml", yaml.safe_dump(doc, sort_keys=False))
+        write_report([out / "results.json"], out, best=best["recipe"], title=f"slimformer search: {self.cfg.model}")
+        summary = (f"{self.metric_name} {best['metrics'].get(self.metric_name, float('nan')):.4f} vs "
+                   f"{self.base_metric:.4f}, {best['speedup']:.2f}x fp32, "
+                   f"{time.perf_counter() - self.started:.0f} s")
+        return Outcome(best["recipe"], results, [r for r in ours if r["recipe"]], summary)
+
+
+def beam_front(cands: list[Candidate], k: int) -> list[Candidate]:
+    """Candidates on the (latency, drop) Pareto front, at most k, spread from fastest to most accurate.
+    Slower but more accurate states stay: they leave budget for the families still to come."""
+    from .report.tables import pareto_front
+
+    idx = pareto_front([(c.latency_ms, -c.drop) for c in cands])
+    front = [cands[i] for i in idx]
+    if len(front) <= k:
+        return front
+    picks = sorted({round(i * (len(front) - 1) / (k - 1)) for i in range(k)})
+    return [front[i] for i in picks]
+
+
+def run_search(cfg: SearchConfig, console=None) -> Outcome:
+    return Search(cfg, console).run()
