@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from hf_tiny import bert_inputs, tiny_bert, tiny_hf_vit, vit_inputs
+from hf_tiny import bert_inputs, one_thread, tiny_bert, tiny_hf_vit, vit_inputs  # noqa: F401
 
 from slimformer import io
 from slimformer.api import compress_model
