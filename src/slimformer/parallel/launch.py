@@ -120,7 +120,7 @@ def worker_error(lines: list[str], problem: str) -> str | None:
     named = re.match(r"rank (\d+)", problem)
     found = None
     for line in reversed(lines):
-        m = re.match(r"\[rank(\d+)\]:\s*(\w+(?:Error|Exception|Failed)\b.*)", line.strip())
+        m = re.match(r"\[rank(\d+)\]:\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Failed)\b.*)", line.strip())
         if m and (named is None or m.group(1) == named.group(1)):
             return f"{m.group(2)[:300]}"
         found = found or (m and f"rank {m.group(1)}: {m.group(2)[:300]}")
