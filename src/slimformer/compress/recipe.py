@@ -69,7 +69,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except SlimformerError as e:
                 errors.append(str(e))
-        raise SlimformerError(f"{where} must be " + " or ".join(_type_name(a) for a in args) + f", got {_short(value)}")
+        names = [_type_name(a) if a is not type(None) else "none" for a in args]
+        raise SlimformerError(f"{where} must be " + " or ".join(names) + f", got {_short(value)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         for choice in choices:
