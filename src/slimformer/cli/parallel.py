@@ -172,9 +172,9 @@ def ddp(
             "out": str(out.absolute()) if out else None, "checkpoint_every": checkpoint_every,
             "resume": str(resume.absolute()) if resume else None, "seq_len": seq_len, "threads": threads}
     r = run_job("ddp", spec, nproc, ctx.args, hang_timeout)
-    if "check" in r:
-        console.print(f"one step vs single process on the global batch: max |Δweight| = "
-                      f"{r['check']['max_abs_diff_weights_after_step']:.2e}")
+    for mode, c in r.get("check", {}).items():
+        console.print(f"{mode}: one step vs single process on the global batch: max |Δweight| = "
+                      f"{c['max_abs_diff_weights_after_step']:.2e}")
     if steps:
         console.print(f"{r['mode']} x{r['world']}: steps {r['start_step']}..{r['end_step']}  loss {r['final_loss']:.4f}"
                       f"  {r['items_per_s']:.1f} items/s" + (f"  checkpoint {out}" if out else ""))

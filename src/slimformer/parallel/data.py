@@ -164,11 +164,11 @@ def wrap(model: nn.Module, spec: dict[str, Any], worker) -> nn.Module:
     return apply_ddp(model, worker.device)
 
 
-def check_step(model: nn.Module, data, spec: dict[str, Any], worker) -> dict[str, float]:
+def check_step(model: nn.Module, data, spec: dict[str, Any], worker, fsdp: bool) -> dict[str, float]:
     """One SGD step of the wrapped model on this rank's shard vs one single-process step on the whole
     global batch: the max |difference| of the updated weights."""
     reference = copy.deepcopy(model)
-    parallel = wrap(model, spec, worker)
+    parallel = wrap(model, {**spec, "fsdp": fsdp}, worker)
     global_batch = spec["batch"] * worker.world
     whole = data.shard(0, 0, global_batch, 0, 1, augment=False)
     mine = data.shard(0, 0, global_batch, worker.rank, worker.world, augment=False)
@@ -192,7 +192,9 @@ def run_job(spec: dict[str, Any], worker) -> dict[str, Any]:
                               "task": spec["task"], "batch_per_rank": spec["batch"],
                               "global_batch": spec["batch"] * worker.world}
     if spec.get("check"):
-        result["check"] = check_step(copy.deepcopy(model), data, spec, worker)
+        modes = spec.get("check_modes") or ["fsdp" if spec.get("fsdp") else "ddp"]
+        result["check"] = {mode: check_step(copy.deepcopy(model), data, spec, worker, mode == "fsdp")
+                           for mode in modes}
         worker.progress()
     if spec.get("steps", 0) > 0:
         result.update(train(model, data, spec, worker))

@@ -94,6 +94,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def run_spec(spec: dict[str, Any], worker: Worker) -> dict[str, Any]:
+    """Run one job, or with `job: multi` several in one launch (start-up is the slow part of a test)."""
+    if spec["job"] == "multi":
+        return {"job": "multi", "results": [run_spec(sub, worker) for sub in spec["jobs"]]}
+    job = importlib.import_module(f"{__package__}.{JOBS[spec['job']]}")
+    return job.run_job(spec, worker)
+
+
 @record
 def main(run_dir: Path) -> None:
     spec: dict[str, Any] = json.loads((run_dir / SPEC).read_text())
@@ -105,8 +113,7 @@ def main(run_dir: Path) -> None:
                             timeout=timedelta(seconds=float(spec.get("pg_timeout", 300))))
     worker = Worker(run_dir, device)
     try:
-        job = importlib.import_module(f"{__package__}.{JOBS[spec['job']]}")
-        result = job.run_job(spec, worker)
+        result = run_spec(spec, worker)
         if worker.rank == 0:
             atomic.write_text(run_dir / RESULT, json.dumps(result, indent=2))
         dist.barrier()
