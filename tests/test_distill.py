@@ -103,3 +103,22 @@ def test_errors():
 
     with pytest.raises(SlimformerError, match="needs the uncompressed model as teacher"):
         apply_recipe(tiny_vit(), parse_recipe("distill"))
+
+
+def test_prune_distill_benchmark_tiny(tmp_path):
+    """benchmarks/prune_distill.py --tiny runs end to end and writes the contract's JSON and a table."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "prune_distill.py"
+    spec = importlib.util.spec_from_file_location("prune_distill", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--tiny", "--threads", "1", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "prune_distill.json").read_text())
+    assert set(data) == {"env", "results"} and len(data["results"]) == 4
+    unpruned, pruned, distilled = report["results"]
+    assert pruned["n_params"] < unpruned["n_params"] and pruned["size_mb"] < unpruned["size_mb"]
+    assert report["summary"]["reload_identical"]
+    assert "| pruned + distilled |" in (tmp_path / "prune_distill.md").read_text()
