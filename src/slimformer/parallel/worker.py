@@ -4,7 +4,8 @@ It joins the process group (gloo on CPU, NCCL on GPU), starts the heartbeat the 
 runs the job named in `RUN_DIR/spec.json` and, on rank 0, writes the job's result there.
 
 `SLIMFORMER_FAULT=die:RANK:STEP` (or `hang:RANK:STEP`) makes that rank SIGKILL (or SIGSTOP) itself
-when it reaches that step: how the fault tests exercise the launcher with a real dead or frozen process.
+when it reaches that step: how the fault tests exercise the launcher with a real dead or frozen process
+(`SLIMFORMER_FAULT_MARK=FILE` records when, so a test can time the reaction).
 """
 
 from __future__ import annotations
@@ -61,14 +62,16 @@ class Worker:
             self._write_beat()
 
     def progress(self, step: int | None = None) -> None:
-        """Call at every step boundary (and inside long phases): the launcher's hang detector reads it."""
-        if step is not None:
-            self.step = step
+        """Call at every step boundary (and inside long phases): the launcher's hang detector reads it.
+        Without `step`, counts one more unit of progress."""
+        self.step = self.step + 1 if step is None else step
         self.progress_t = time.time()
         if self._fault and self._fault[1] == self.rank and self.step >= self._fault[2]:
             kind = self._fault[0]
             log.warning("rank %d: injected fault %r at step %d", self.rank, kind, self.step)
             sys.stderr.flush()
+            if os.environ.get("SLIMFORMER_FAULT_MARK"):  # lets a test time the job's reaction from here
+                atomic.write_text(os.environ["SLIMFORMER_FAULT_MARK"], f"{time.time()}")
             os.kill(os.getpid(), signal.SIGKILL if kind == "die" else signal.SIGSTOP)
 
     def finish(self) -> None:
