@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import SlimformerError
+
 _RENAME_EXCHANGE = 2
 
 
@@ -70,6 +72,11 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     with `.` and end in `.partial`, so nothing ever mistakes them for a finished model dir.
     """
     target = Path(target).absolute()
+    cwd = Path.cwd()
+    if target == cwd or target in cwd.parents or target == Path.home():
+        # Swapping in a new dir would move the user's working (or home) directory away and delete it.
+        raise SlimformerError(f"refusing to replace {target}: it is the current, a parent or the home "
+                              "directory; write to a new directory instead")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:

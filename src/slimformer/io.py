@@ -82,6 +82,9 @@ def save_model(model: nn.Module, out: str | Path, recipe: list[dict] | None = No
     files: more files to place in the dir (e.g. a tokenizer), as bytes or a path to copy.
     """
     out = Path(out)
+    if out.exists() and not (out.is_dir() and ((out / META).is_file() or not any(out.iterdir()))):
+        raise SlimformerError(f"{out}: exists and is not a slimformer model dir; refusing to replace it "
+                              "(saving swaps the whole dir): choose a new path")
     tensors, aliases = plain_state_dict(model)
     with atomic.atomic_dir(out) as staging:
         save_file(tensors, staging / WEIGHTS, metadata={"format": "pt"})
@@ -126,6 +129,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     for key, kind in (("architecture", str), ("config", dict), ("recipe", list), ("aliases", dict)):
         if not isinstance(meta.get(key), kind):
             raise SlimformerError(f"{meta_path}: field {key!r} missing or not a {kind.__name__}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta["aliases"].items()):
+        raise SlimformerError(f"{meta_path}: field 'aliases' must map tensor names to tensor names")
+    if not isinstance(meta.get("sha256", ""), str):
+        raise SlimformerError(f"{meta_path}: field 'sha256' must be a hex string")
     return meta
 
 
