@@ -20,3 +20,16 @@ def digits_model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "digits"
     digits.train(out=out, epochs=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def bible_pairs():
+    """The English-Spanish verse pairs extracted from the real SWORD modules once per session (~11 s),
+    bypassing the user cache so the parser itself is tested. Skips where the Debian packages are absent."""
+    import shutil
+
+    from slimformer.data import bible
+
+    if shutil.which("diatheke") is None:
+        pytest.skip(f"needs the Debian packages: apt-get install {bible.PACKAGES}")
+    return bible.extract_pairs()

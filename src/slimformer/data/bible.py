@@ -41,7 +41,7 @@ ES_MODULE = "spaRV1909eb"
 PACKAGES = "sword-text-web sword-text-sparv diatheke"
 DEFAULT_DATA_DIR = Path("/usr/share/sword")
 RANGE = "Genesis 1:1-Revelation of John 22:21"
-CACHE_NAME = "bible-en-es-v1.tsv.gz"  # bump the version when the cleaning changes
+CACHE_NAME = "bible-en-es-v2.tsv.gz"  # bump the version when the cleaning changes
 
 # Held-out books: a mix of narrative, wisdom, prophecy and letters from both testaments. Mark is
 # deliberately *not* held out: most of it has near-verbatim parallels in Matthew and Luke.
@@ -53,6 +53,7 @@ _KEY = re.compile(r"(?:^|\s)(?P<book>(?:(?:I{1,3}|IV) )?[A-Z][a-z]+(?: of [A-Z][
                   r" (?P<chapter>\d+):(?P<verse>\d+):(?: |$)")
 _TAG = re.compile(r"<[^>]*>")  # Strong's numbers <G5547> <H2416> and OSIS markup
 _SPACES = re.compile(r"\s+")
+_TRAILER = re.compile(r"^\(\w+\)$")  # diatheke ends its output with "(moduleName)"
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def parse_diatheke(text: str) -> dict[tuple[str, int, int], str]:
     by more of the same verse. Titles are told apart by repetition: the renderer prints a psalm's title
     before *every* verse (and, by a bug, keeps repeating some titles for hundreds of verses into later
     books), so a line that directly precedes a key twice or more is a title. A title is kept once,
-    prefixed to the verse it first introduces (the Spanish module has it in verse 1 too).
+    prefixed to the verse it first introduces (the Spanish module has it in verse 1 too). Text after
+    three or more blank lines is back matter (the WEB's glossary follows Revelation 22:21), not a verse.
     """
     lines = [_clean(raw) for raw in text.splitlines()]
     keys = [_KEY.search(line) for line in lines]
@@ -90,7 +92,11 @@ def parse_diatheke(text: str) -> dict[tuple[str, int, int], str]:
     current: list[str] = []  # where non-title lines go (before the first key: nowhere)
     last_title = ""
     title = ""  # a new title waiting for the next key
+    blanks = 0
     for line, m in zip(lines, keys, strict=True):
+        if line and m is None and (blanks >= 3 or _TRAILER.match(line)):
+            current = []  # back matter (the WEB's glossary) or diatheke's "(module)" trailer: no verse
+        blanks = 0 if line else blanks + 1
         if m is not None:
             prefix = line[:m.start()].strip()  # same-line title (OSIS-marked apocrypha)
             if prefix and prefix != last_title:
