@@ -25,11 +25,13 @@ EXAMPLES: dict[str, dict[str, str]] = defaultdict(dict)  # section -> kind -> fi
 # Coarse kinds of SlimformerError / CLI messages, first match wins.
 KINDS = [
     ("checksum", r"checksum"),
-    ("too-large", r"GiB|bytes; recipes are at most|holds only"),
+    ("too-large", r"GiB|bytes; recipes are at most|holds only|more than any real"),
+    ("nan-weights", r"NaN/Inf value\(s\); the weights"),
+    ("missing-or-extra-tensor", r"tensor '.*' missing|unexpected tensor"),
     ("unreadable-safetensors", r"not a readable safetensors"),
     ("wrong-shape", r"has shape|shape \("),
     ("wrong-dtype", r"has dtype|dtype"),
-    ("unfinished-save", r"unfinished|\.partial"),
+    ("unfinished-save", r"\.partial|staging dir"),
     ("pickle-refused", r"pickle"),
     ("unknown-step", r"unknown step"),
     ("unknown-option", r"unknown option|No such option"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -136,13 +137,24 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def verify_checksum(path: Path, expected_sha256: str | None) -> None:
+    """The weights file exists and hashes to what `slimformer.json` recorded (warn if it recorded none)."""
+    if not path.exists():
+        raise SlimformerError(f"{path}: missing")
+    if expected_sha256 is None:
+        logging.getLogger(__name__).warning("%s: no sha256 in %s, so damage inside tensor data cannot be detected",
+                                            path, META)
+    elif sha256(path) != expected_sha256:
+        raise SlimformerError(f"{path}: checksum does not match {META} (file truncated, corrupted or "
+                              "replaced)")
+
+
 def read_weights(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Load a safetensors file, naming the file in every failure (missing, truncated, corrupt)."""
     if not path.exists():
         raise SlimformerError(f"{path}: missing")
-    if expected_sha256 is not None and sha256(path) != expected_sha256:
-        raise SlimformerError(f"{path}: checksum does not match {META} (file truncated, corrupted or "
-                              "replaced)")
+    if expected_sha256 is not None:
+        verify_checksum(path, expected_sha256)
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -165,6 +177,9 @@ def load_state_checked(model: nn.Module, tensors: dict[str, torch.Tensor], sourc
                                   f"expects {tuple(want.shape)}")
         if t.dtype != want.dtype:
             raise SlimformerError(f"{source}: tensor {name!r} has dtype {t.dtype}, expected {want.dtype}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise SlimformerError(f"{source}: tensor {name!r} holds {bad} NaN/Inf value(s); the weights are corrupt")
     model.load_state_dict(tensors, strict=True)
 
 
@@ -183,6 +198,7 @@ def load_model_dir(path: str | Path) -> nn.Module:
     """Rebuild a saved model (compressed or not) from its dir, in eval mode, with no pickles."""
     path = Path(path)
     meta = read_meta(path)
+    verify_checksum(path / WEIGHTS, meta.get("sha256"))  # damage is named as such before anything parses it
     guard.check_model_config(meta, path / WEIGHTS, str(path / META))  # before allocating anything
     try:
         model = build_from_meta(meta)
@@ -190,7 +206,7 @@ def load_model_dir(path: str | Path) -> nn.Module:
         raise
     except Exception as e:  # untrusted file: whatever its config/recipe state breaks, name the file
         raise SlimformerError(f"{path / META}: config does not build a model ({type(e).__name__}: {e})") from e
-    tensors = read_weights(path / WEIGHTS, meta.get("sha256"))
+    tensors = read_weights(path / WEIGHTS)  # checksum verified above
     for alias, target in meta["aliases"].items():
         if target not in tensors:
             raise SlimformerError(f"{path / META}: alias {alias!r} points to missing tensor {target!r}")
