@@ -38,7 +38,7 @@ from torch import nn
 from . import atomic, io
 from .api import compress_model, recipe_of
 from .bench.inputs import example_inputs
-from .bench.timing import measure
+from .bench.timing import interleaved, measure
 from .compress.recipe import parse_recipe
 from .compress.registry import all_steps
 from .errors import SlimformerError
@@ -78,6 +78,7 @@ class SearchConfig:
     beam: int = 4
     final_rounds: int = 10
     steps: list[str] | None = None  # restrict the families explored (default: every registered step)
+    quick_seconds: float = 2.0  # timing per candidate while exploring (the final measurement is longer)
 
 
 @dataclass
@@ -182,9 +183,16 @@ class Search:
     # ---- one candidate --------------------------------------------------------------------------
     def quick_latency(self, model: nn.Module) -> float:
         args, kwargs = self.inputs
-        # about 2 s of timing per candidate, between 4 and 15 calls
-        repeats = 10 if self.base_ms is None else int(min(15, max(4, 2.0 / max(self.base_ms / 1000, 1e-3))))
-        return measure(lambda: model(*args, **kwargs), self.batch, repeats=repeats, warmup_seconds=2.0).p50_ms
+        # about quick_seconds of timing per candidate, between 4 and 15 calls
+        q = self.cfg.quick_seconds
+        if self.base_ms is None:
+            return measure(lambda: model(*args, **kwargs), self.batch, repeats=10, warmup_seconds=q).p50_ms
+        # Paired with fp32, interleaved: the load on a shared machine drifts during a search, so a
+        # candidate's latency is its ratio to fp32 *now*, scaled to the fp32 latency measured at the start.
+        rounds = int(min(15, max(4, q / max(self.base_ms / 1000, 1e-3))))
+        t = interleaved({"fp32": lambda: self.base(*args, **kwargs), "cand": lambda: model(*args, **kwargs)},
+                        self.batch, rounds=rounds, calls_per_round=1, warmup_seconds=q / 2)
+        return self.base_ms * t["cand"].p50_ms / t["fp32"].p50_ms
 
     def build(self, recipe: str) -> nn.Module:
         model, _ = compress_model(copy.deepcopy(self.base), recipe, self.cfg.task, self.applied)
@@ -356,7 +364,8 @@ class Search:
                                f"{best['speedup']:.2f}x fp32 p50 at batch {self.batch}, {self.cfg.threads} threads"),
                "steps": steps}
         atomic.write_text(out / "best_recipe.yaml", yaml.safe_dump(doc, sort_keys=False))
-        write_report([out / "results.json"], out, best=best["recipe"], title=f"slimformer search: {self.cfg.model}")
+        write_report([out / "results.json"], out, best=best["recipe"], title=f"slimformer search: {self.cfg.model}",
+                     floor=self.base_metric - self.cfg.max_drop)
         summary = (f"{self.metric_name} {best['metrics'].get(self.metric_name, float('nan')):.4f} vs "
                    f"{self.base_metric:.4f}, {best['speedup']:.2f}x fp32, "
                    f"{time.perf_counter() - self.started:.0f} s")

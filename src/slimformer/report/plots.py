@@ -15,8 +15,8 @@ from .tables import Run, pareto_front
 BASELINE_MARKERS = ("s", "D", "^", "v", "P", "X")
 
 
-def pareto_png(runs: list[Run], metric: str | None) -> bytes:
-    """The plot as PNG bytes."""
+def pareto_png(runs: list[Run], metric: str | None, floor: float | None = None) -> bytes:
+    """The plot as PNG bytes. floor: the lowest metric a search accepted (drawn as a dashed line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,6 +57,8 @@ def pareto_png(runs: list[Run], metric: str | None) -> bytes:
                        color="dimgray", edgecolors="black", zorder=5, label=f"baseline: {p[0]['name']}{tag}")
             ax.annotate(p[0]["name"], (p[1], sign * p[2]), textcoords="offset points", xytext=(6, -12),
                         fontsize=8, color="dimgray")
+    if floor is not None and metric:
+        ax.axhline(floor, ls="--", color="firebrick", lw=1, label=f"budget: {metric} >= {floor:.4f}")
     ax.set_xlabel("p50 latency per batch (ms, lower is better)")
     ax.set_ylabel(ylabel)
     ax.set_title("metric vs latency: Pareto front and baselines")

@@ -1,0 +1,66 @@
+"""`search`: the space is generated from the registry, the beam keeps the front, and a tiny search runs,
+writes its files, stays within the budget and resumes from its cache."""
+
+import json
+
+import yaml
+
+from slimformer.compress.recipe import parse_recipe
+from slimformer.compress.registry import all_steps
+from slimformer.search import Candidate, SearchConfig, beam_front, family_grid, join, run_search
+
+
+def test_grids_are_valid_recipes_mild_to_aggressive():
+    steps = all_steps()
+    for name, step in steps.items():
+        for recipe in family_grid(name, step.options, tokens=65):
+            parse_recipe(recipe)  # every generated setting validates
+    tome = family_grid("tome", steps["tome"].options, tokens=65)
+    rs = [int(r.split("=")[1]) for r in tome]
+    assert rs == sorted(rs) and len(rs) >= 3
+
+
+def test_join_puts_steps_in_a_valid_order():
+    recipe = join(["int8", "tome:r=4", "distill", "prune-ffn:ratio=0.25"])
+    assert recipe == "prune-ffn:ratio=0.25+tome:r=4+distill+int8"
+    parse_recipe(recipe if "int8" in all_steps() else recipe.removesuffix("+int8"))
+
+
+def test_beam_front_keeps_fast_and_accurate_ends():
+    cands = [Candidate(f"c{i}", latency_ms=lat, drop=drop, ok=True)
+             for i, (lat, drop) in enumerate([(10, 0.0), (8, 0.002), (6, 0.004), (5, 0.008), (4, 0.01), (9, 0.01)])]
+    beam = beam_front(cands, 3)
+    assert [c.recipe for c in beam] == ["c4", "c2", "c0"]  # c5 is dominated; ends kept, middle spread
+
+
+def test_tiny_search_runs_writes_and_resumes(digits_model_dir, tmp_path):
+    cfg = SearchConfig(model=str(digits_model_dir), task="digits", max_drop=0.03, out=tmp_path / "s", batch=8,
+                       steps=["tome", "prune-heads"], baselines=[], distill=False, final_rounds=2,
+                       quick_seconds=0.3)
+    outcome = run_search(cfg)
+    out = tmp_path / "s"
+    for name in ("results.json", "front.json", "best_recipe.yaml", "report.html", "pareto.png", "cache.json"):
+        assert (out / name).exists(), name
+    doc = json.loads((out / "results.json").read_text())
+    base = doc["results"][0]
+    assert base["name"] == "fp32"
+    best = next(r for r in doc["results"] if r["recipe"] == outcome.best)
+    assert base["metrics"]["accuracy"] - best["metrics"]["accuracy"] <= 0.03 + 1e-9
+    parse_recipe(str(out / "best_recipe.yaml"))  # the YAML is a valid recipe
+    assert yaml.safe_load((out / "best_recipe.yaml").read_text())["steps"] or outcome.best == ""
+    cache = json.loads((out / "cache.json").read_text())["candidates"]
+    assert any(k.startswith("tome") for k in cache) and any(k.startswith("prune-heads") for k in cache)
+    # every over-budget candidate stopped its branch: nothing more aggressive in that family was tried
+    for fam in ("tome", "prune-heads"):
+        tried = [v for k, v in cache.items() if k.startswith(fam) and "+" not in k]
+        fails = [i for i, v in enumerate(tried) if not v["ok"]]
+        assert not fails or fails[0] == len(tried) - 1
+
+    from slimformer.search import Search
+
+    again = Search(cfg)
+    again.load_cache()
+    again.base_ms, again.base_metric = 1.0, base["metrics"]["accuracy"]
+    for recipe in cache:
+        again.evaluate(recipe)
+    assert again.evaluated == 0  # resumed entirely from the cache
