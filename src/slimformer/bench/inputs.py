@@ -15,6 +15,9 @@ from ..models.hf import is_hf_model
 
 def example_inputs(model: nn.Module, batch: int = 8, seq_len: int = 128, seed: int = 0) -> tuple[tuple, dict]:
     """(args, kwargs) to call `model` with: images for a ViT, token ids (+ mask) for text models."""
+    from ..guard import check_request
+
+    check_request(model, batch, seq_len)  # refuse a batch x seq that cannot fit, before allocating it
     g = torch.Generator().manual_seed(seed)
     if isinstance(model, ViT):
         c = model.config
