@@ -29,7 +29,7 @@ def random_sources(n: int, vocab: int, max_len: int, seed: int) -> list[list[int
 @pytest.fixture(scope="module")
 def setup():
     model = tiny()
-    sources = random_sources(8, 40, 16, seed=1)
+    sources = random_sources(6, 40, 12, seed=1)
     return model, sources, pad_batch(sources, model.config.pad_id)
 
 

@@ -127,9 +127,10 @@ def translate(model: Seq2Seq, tok, texts: list[str], beam: int = 1, batch: int =
 
 # --- data ---------------------------------------------------------------------------------------------
 
-def encoded_split(split: str, tok, max_len: int) -> list[tuple[list[int], list[int]]]:
-    """(source ids + EOS, target ids) for pairs of `split` that fit `max_len` positions on both sides."""
-    pairs = bible.split_pairs()[split]
+def encoded_split(split: str, tok, max_len: int, limit: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """(source ids + EOS, target ids) for the (first `limit`) pairs of `split` that fit `max_len` positions
+    on both sides."""
+    pairs = bible.split_pairs()[split][:limit]
     eos = tok.token_to_id("</s>")
     src = tok.encode_batch([p.en for p in pairs], add_special_tokens=False)
     tgt = tok.encode_batch([p.es for p in pairs], add_special_tokens=False)
@@ -205,22 +206,22 @@ def lr_at(progress: float, step: int, peak: float, warmup_steps: int) -> float:
 def train(out: str | Path | None = None, epochs: int = 100, seed: int = 0, minutes: float = 40.0,
           lr: float = 2e-3, max_tokens: int = 1500, label_smoothing: float = 0.1,
           config: Seq2SeqConfig | None = None, limit: int | None = None, checkpoint_minutes: float = 5.0,
-          warmup_steps: int = 100) -> nn.Module:
+          warmup_steps: int = 100, tok=None) -> nn.Module:
     """Train the Seq2Seq translator from scratch on the training books for `minutes` of wall time
     (or `epochs`, whichever ends first).
 
     The learning-rate schedule follows elapsed time, not steps, so the run decays properly and ends on
     time whatever the CPU's speed or load. A model dir (with tokenizer.json) is written atomically every
     `checkpoint_minutes` and at the end: stopping the run keeps the last checkpoint. `limit` trains on
-    the first N pairs only (smoke tests).
+    the first N pairs only and `tok` replaces the task's tokenizer (smoke tests).
     """
     if minutes <= 0 or epochs < 1:
         raise SlimformerError(f"minutes must be > 0 and epochs >= 1, got {minutes} and {epochs}")
     config = config or MODEL_CONFIG
-    tok = tokenizer()
+    tok = tok or tokenizer()
     if tok.get_vocab_size() != config.vocab_size:
         raise SlimformerError(f"config vocab_size {config.vocab_size} != tokenizer's {tok.get_vocab_size()}")
-    data = encoded_split("train", tok, config.max_len)[:limit]
+    data = encoded_split("train", tok, config.max_len, limit)
     torch.manual_seed(seed)
     model = build_model("seq2seq", config)
     init_weights(model)
