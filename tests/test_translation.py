@@ -78,7 +78,7 @@ def test_wrong_model_or_tokenizer_is_a_clear_error(small):
 def test_evaluate_reports_bleu_and_chrf(model_dir):
     model, tok = io.load(model_dir), T.load_tokenizer(model_dir)
     metrics = T.evaluate(model, split="dev", limit=8, tok=tok)
-    assert set(metrics) == {"bleu", "chrf", "sentences"} and metrics["sentences"] == 8
+    assert set(metrics) == {"bleu", "chrf"}
     assert 0 <= metrics["bleu"] <= 100
 
 

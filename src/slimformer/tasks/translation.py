@@ -16,7 +16,6 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -290,7 +289,7 @@ def evaluate(model: nn.Module, split: str = "test", beam: int = 1, limit: int | 
     hyps = translate(model, tok, [p.en for p in pairs], beam=beam)
     refs = [p.es for p in pairs]
     return {"bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
-            "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2), "sentences": len(pairs)}
+            "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)}
 
 
 def calibration(n: int = 256, batch: int = 32) -> Iterator[tuple[Tensor, Tensor]]:
@@ -304,6 +303,3 @@ def calibration(n: int = 256, batch: int = 32) -> Iterator[tuple[Tensor, Tensor]
         yield (pad_batch([s for s, _ in chunk], c.pad_id),
                pad_batch([[c.bos_id] + t for _, t in chunk], c.pad_id))
 
-
-def config_dict() -> dict:
-    return asdict(MODEL_CONFIG)
