@@ -47,12 +47,17 @@ def fit(
     config: TrainConfig,
     description: str = "train",
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    checkpoint: Callable[[int, dict], None] | None = None,
+    resume: dict | None = None,
 ) -> list[dict]:
     """Train `model` in place.
 
     epoch_batches(epoch) yields `(inputs, targets)`; `model(*inputs)` gives outputs and
     `loss_fn(outputs, targets)` returns (loss, n_correct, n_items) so the bar can show accuracy.
     Returns per-epoch history `[{"epoch", "loss", "accuracy", "items_per_s"}]`.
+    checkpoint(epoch, state) runs after each epoch with `{"optimizer", "scheduler", "history"}`; passing
+    that state back as `resume` (with the model's weights restored by the caller) continues with the
+    next epoch, so an interrupted run ends where an uninterrupted one would.
     """
     torch.manual_seed(config.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
@@ -61,10 +66,15 @@ def fit(
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
     scheduler = cosine_schedule(optimizer, config.epochs * steps_per_epoch, config.warmup_frac)
     history = []
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history = list(resume["history"])
     model.train()
     with progress_bar() as progress:
-        bar = progress.add_task(description, total=config.epochs * steps_per_epoch, info="")
-        for epoch in range(config.epochs):
+        bar = progress.add_task(description, total=config.epochs * steps_per_epoch, info="",
+                                completed=len(history) * steps_per_epoch)
+        for epoch in range(len(history), config.epochs):
             total_loss, correct, items, start = 0.0, 0, 0, time.perf_counter()
             for inputs, targets in epoch_batches(epoch):
                 loss, n_correct, n_items = loss_fn(model(*inputs), targets)
@@ -84,6 +94,9 @@ def fit(
             history.append(record)
             if on_epoch_end:
                 on_epoch_end(epoch, record)
+            if checkpoint:
+                checkpoint(epoch, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "history": history})
     model.eval()
     return history
 
