@@ -53,6 +53,7 @@ def train(
     epochs: int = typer.Option(None, help="training epochs (default: the task's own)"),
     seed: int = typer.Option(0, help="random seed"),
     threads: int = typer.Option(None, help="intra-op threads (default: all cores)"),
+    data_dir: Path = typer.Option(None, "--data-dir", help="the task's data files (default: its Debian package)"),
 ) -> None:
     """Train a task's model from scratch and save it as a model dir.
 
@@ -75,6 +76,12 @@ def train(
         if epochs < 1:
             raise SlimformerError(f"--epochs must be >= 1, got {epochs}")
         kwargs["epochs"] = epochs
+    if data_dir is not None:
+        import inspect
+
+        if "data_dir" not in inspect.signature(module.train).parameters:
+            raise SlimformerError(f"task {task!r} takes no --data-dir")
+        kwargs["data_dir"] = data_dir
     model = module.train(out=out, **kwargs)
     metrics = module.evaluate(model)
     console.print(f"saved {out}  " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
