@@ -116,7 +116,7 @@ def test_huge_request_refused_before_allocating():
 def test_memory_limit_from_environment(monkeypatch, vit):
     example_inputs(vit, batch=64)
     monkeypatch.setenv("SLIMFORMER_MAX_MEMORY_GB", "0.001")
-    with pytest.raises(SlimformerError, match=r"batch 64 x sequence 128 on ViT .* more than the 0.0 GiB available"):
+    with pytest.raises(SlimformerError, match=r"batch 64 x sequence 65 on ViT .* more than the 0.0 GiB available"):
         example_inputs(vit, batch=64)
     monkeypatch.setenv("SLIMFORMER_MAX_MEMORY_GB", "lots")
     with pytest.raises(SlimformerError, match="SLIMFORMER_MAX_MEMORY_GB must be a number"):

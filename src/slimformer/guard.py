@@ -2,9 +2,9 @@
 early with a message that says what to fix, instead of deep inside model code or after allocating.
 
 Model code stays free of these checks: a model does what its math says (NaN in, NaN out; an empty
-batch, a wrong image size or an unknown token id end in a low-level torch error). Whatever hands a model user data calls `check_inputs` first, and whatever
-is about to allocate for a request (a benchmark's batch x seq, a loaded config) calls `check_request` /
-`check_model_config`.
+batch, a wrong image size or an unknown token id end in a low-level torch error). Whatever hands a
+model user data calls `check_inputs` first, and whatever is about to allocate for a request (a
+benchmark's batch x seq, a loaded config) calls `check_request` / `check_model_config`.
 
 The memory estimates are deliberately simple (fp32, one layer's activations alive at a time, attention
 scores materialized): close enough to refuse a request that is 10x too big, never used as a
@@ -166,16 +166,17 @@ def _dims(model: nn.Module) -> dict[str, int]:
     c = getattr(model, "config", None)
     if isinstance(model, ViT):
         return {"d": c.d_model, "heads": c.n_heads, "ff": c.d_ff, "layers": c.n_layers, "vocab": 0,
-                "max_len": c.n_patches + 1}
+                "max_len": c.n_patches + 1, "images": 1}
     if isinstance(model, (Encoder, Decoder, Seq2Seq)):
         layers = getattr(c, "n_layers", 0) or c.n_enc_layers + c.n_dec_layers
         vocab = 0 if isinstance(model, Encoder) else c.vocab_size
         return {"d": c.d_model, "heads": c.n_heads, "ff": c.d_ff, "layers": layers, "vocab": vocab,
                 "max_len": c.max_len}
     if is_hf_model(model):
+        images = getattr(c, "model_type", "") == "vit"
+        tokens = ((c.image_size // c.patch_size) ** 2 + 1) if images else getattr(c, "max_position_embeddings", 0)
         return {"d": c.hidden_size, "heads": c.num_attention_heads, "ff": c.intermediate_size,
-                "layers": c.num_hidden_layers, "vocab": 0,
-                "max_len": getattr(c, "max_position_embeddings", 0) or 10**9}
+                "layers": c.num_hidden_layers, "vocab": 0, "max_len": tokens or 10**9, "images": int(images)}
     raise SlimformerError(f"no memory model for {type(model).__name__}")
 
 
@@ -191,15 +192,18 @@ def estimate_request_bytes(model: nn.Module, batch: int, seq_len: int) -> int:
 
 
 def check_request(model: nn.Module, batch: int, seq_len: int) -> None:
-    """Refuse a batch / sequence length that is invalid or would not fit in memory, before allocating."""
+    """Refuse a batch / sequence length that is invalid or would not fit in memory, before allocating.
+    For image models `seq_len` is ignored (the image size fixes the tokens)."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise SlimformerError(f"batch must be an integer >= 1, got {batch!r}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise SlimformerError(f"sequence length must be an integer >= 1, got {seq_len!r}")
     try:
         dims = _dims(model)
     except SlimformerError:  # a model family we have no memory model for: nothing to estimate
         return
+    if dims.get("images"):
+        seq_len = dims["max_len"]
+    elif isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise SlimformerError(f"sequence length must be an integer >= 1, got {seq_len!r}")
     check_memory(estimate_request_bytes(model, batch, min(seq_len, dims["max_len"])),
                  f"batch {batch} x sequence {seq_len} on {type(model).__name__} (d_model {dims['d']}, "
                  f"{dims['layers']} layers)", "use a smaller batch or sequence length")
