@@ -83,7 +83,7 @@ def train(
             raise SlimformerError(f"task {task!r} takes no --data-dir")
         kwargs["data_dir"] = data_dir
     model = module.train(out=out, **kwargs)
-    metrics = module.evaluate(model)
+    metrics = module.evaluate(model, **({"data_dir": data_dir} if data_dir is not None else {}))
     console.print(f"saved {out}  " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 

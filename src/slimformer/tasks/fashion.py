@@ -42,12 +42,10 @@ class FashionData:
 
 
 _CACHE: dict[str, FashionData] = {}
-_DATA_DIR: str | Path | None = None  # set by train(data_dir=...) so a following evaluate() uses the same files
 
 
 def load_data(data_dir: str | Path | None = None) -> FashionData:
     """Both splits as normalized float tensors (read once per process and data dir)."""
-    data_dir = data_dir or _DATA_DIR
     key = str(data_dir)
     if key not in _CACHE:
         train, test = load_split("train", data_dir), load_split("test", data_dir)
@@ -85,9 +83,6 @@ def train(out: str | Path | None = None, epochs: int = EPOCHS, batch: int = 128,
     subset: train on the first `subset` training images only (tests, hyperparameter checks).
     With `out`, a checkpoint after every epoch lets an interrupted run resume where it stopped.
     """
-    global _DATA_DIR
-    if data_dir is not None:
-        _DATA_DIR = data_dir
     data = load_data(data_dir)
     x, y = data.x_train, data.y_train
     if subset is not None:
@@ -115,9 +110,10 @@ def train(out: str | Path | None = None, epochs: int = EPOCHS, batch: int = 128,
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batch: int = 500, limit: int | None = None) -> dict[str, float]:
+def evaluate(model: nn.Module, batch: int = 500, limit: int | None = None,
+             data_dir: str | Path | None = None) -> dict[str, float]:
     """Top-1 accuracy on the 10,000 test images (the first `limit` of them if given)."""
-    data = load_data()
+    data = load_data(data_dir)
     x, y = data.x_test[:limit], data.y_test[:limit]
     model.eval()
     correct = 0

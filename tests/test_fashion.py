@@ -1,0 +1,126 @@
+"""Fashion-MNIST: the loader on the real Debian files, bad files, the task on a small subset, resume."""
+
+import gzip
+import struct
+
+import pytest
+import torch
+
+from slimformer.data import fashion as data
+from slimformer.errors import SlimformerError
+from slimformer.tasks import checkpoint, fashion
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on one thread: two threads on a busy 2-core box spend most of their time waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_loader_parses_real_files():
+    train, test = data.load_split("train"), data.load_split("test")
+    assert train.images.shape == (60_000, 28, 28) and test.images.shape == (10_000, 28, 28)
+    assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
+    assert train.labels.bincount().tolist() == [6000] * 10  # balanced classes, labels exactly 0..9
+    assert test.labels.bincount().tolist() == [1000] * 10
+    assert 0.2 < train.images.float().mean() / 255 < 0.4  # real images, not zeros
+
+
+def write_idx(path, magic, dims, payload=None):
+    body = payload if payload is not None else bytes(int(torch.tensor(dims).prod()))
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(f">{1 + len(dims)}I", magic, *dims) + body)
+
+
+def fake_split(root, n=60_000, image_magic=2051, truncate=False):
+    root.mkdir(exist_ok=True)
+    payload = bytes(n * 28 * 28 - (1 if truncate else 0))
+    write_idx(root / "train-images-idx3-ubyte.gz", image_magic, [n, 28, 28], payload)
+    write_idx(root / "train-labels-idx1-ubyte.gz", 2049, [n])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"image_magic": 2049}, "magic number 2049, expected 2051"),
+    ({"truncate": True}, "bytes, header"),
+    ({"n": 10}, "10 images and 10 labels, expected 60000"),
+])
+def test_bad_files_are_named(tmp_path, kwargs, message):
+    fake_split(tmp_path / "d", **kwargs)
+    with pytest.raises(SlimformerError, match=message):
+        data.load_split("train", tmp_path / "d")
+
+
+def test_missing_data_names_the_package(tmp_path):
+    with pytest.raises(SlimformerError, match="apt-get install dataset-fashion-mnist") as err:
+        data.load_split("test", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_missing_data_is_one_line(tmp_path, capsys):
+    from slimformer.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "fashion", "--out", str(tmp_path / "m"), "--data-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install dataset-fashion-mnist" in lines[0]
+    assert not (tmp_path / "m").exists()
+
+
+def test_one_train_step_lowers_the_loss():
+    """The model learns from real images: a few steps on one batch reduce its loss."""
+    from slimformer.models import build_builtin
+
+    d = fashion.load_data()
+    model = build_builtin(fashion.MODEL).train()
+    x, y = d.x_train[:64], d.y_train[:64]
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert torch.isfinite(torch.tensor(losses)).all()
+    assert losses[-1] < losses[0] - 0.2
+
+
+def test_augment_keeps_shape_and_labels_meaning():
+    d = fashion.load_data()
+    x = d.x_train[:32]
+    out = fashion.augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    # Light augmentation: images stay strongly correlated with the originals (a flip is compared flipped).
+    best = torch.maximum(torch.nn.functional.cosine_similarity(out.flatten(1), x.flatten(1)),
+                         torch.nn.functional.cosine_similarity(out.flatten(1), x.flip(-1).flatten(1)))
+    assert (best > 0.5).all()
+
+
+def test_task_on_subset_learns_and_resumes(tmp_path, monkeypatch):
+    """Two epochs on 512 images beat chance; an interruption after epoch 1 resumes to the same weights."""
+    full = fashion.train(out=tmp_path / "full", epochs=2, subset=512, batch=64)
+    acc = fashion.evaluate(full, limit=1000)["accuracy"]
+    assert acc > 0.2, acc  # chance is 0.1
+    assert not checkpoint.checkpoint_dir(tmp_path / "full").exists()  # removed once the model is saved
+
+    real_save = fashion.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fashion, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        fashion.train(out=tmp_path / "resumed", epochs=2, subset=512, batch=64)
+    assert checkpoint.checkpoint_dir(tmp_path / "resumed").exists()
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(fashion, "save_checkpoint", real_save)
+    with pytest.raises(SlimformerError, match="other settings"):
+        fashion.train(out=tmp_path / "resumed", epochs=2, subset=512, batch=32)
+    resumed = fashion.train(out=tmp_path / "resumed", epochs=2, subset=512, batch=64)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
