@@ -7,7 +7,7 @@ import yaml
 
 from slimformer.compress.recipe import parse_recipe
 from slimformer.compress.registry import all_steps
-from slimformer.search import Candidate, SearchConfig, beam_front, family_grid, join, run_search
+from slimformer.search import Candidate, SearchConfig, beam_front, family_grid, join, midpoint
 
 
 def test_grids_are_valid_recipes_mild_to_aggressive():
@@ -26,6 +26,11 @@ def test_join_puts_steps_in_a_valid_order():
     parse_recipe(recipe if "int8" in all_steps() else recipe.removesuffix("+int8"))
 
 
+def test_midpoint():
+    assert midpoint("r", 0, 5) == 2 and midpoint("r", 4, 5) is None
+    assert midpoint("keep_rate", 1.0, 0.9) == 0.95 and midpoint("ratio", 0.0, 0.125) == 0.0625
+
+
 def test_beam_front_keeps_fast_and_accurate_ends():
     cands = [Candidate(f"c{i}", latency_ms=lat, drop=drop, ok=True)
              for i, (lat, drop) in enumerate([(10, 0.0), (8, 0.002), (6, 0.004), (5, 0.008), (4, 0.01), (9, 0.01)])]
@@ -34,13 +39,20 @@ def test_beam_front_keeps_fast_and_accurate_ends():
 
 
 def test_tiny_search_runs_writes_and_resumes(digits_model_dir, tmp_path):
-    cfg = SearchConfig(model=str(digits_model_dir), task="digits", max_drop=0.03, out=tmp_path / "s", batch=8,
-                       steps=["tome", "prune-heads"], baselines=[], distill=False, final_rounds=2,
-                       quick_seconds=0.3)
-    outcome = run_search(cfg)
-    out = tmp_path / "s"
+    """benchmarks/search.py --tiny: a real search (two families, small batch, short timing) end to end."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "search.py"
+    spec = importlib.util.spec_from_file_location("search_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ran = bench.main(["digits", "--tiny", "--max-drop", "0.03", "--model", str(digits_model_dir), "--work",
+                      str(tmp_path / "s"), "--out", str(tmp_path)])
+    outcome, out = ran["outcome"], tmp_path / "s"
     for name in ("results.json", "front.json", "best_recipe.yaml", "report.html", "pareto.png", "cache.json"):
         assert (out / name).exists(), name
+    assert "| fp32 |" in (tmp_path / "search_digits.md").read_text()
     doc = json.loads((out / "results.json").read_text())
     base = doc["results"][0]
     assert base["name"] == "fp32"
@@ -48,13 +60,15 @@ def test_tiny_search_runs_writes_and_resumes(digits_model_dir, tmp_path):
     assert base["metrics"]["accuracy"] - best["metrics"]["accuracy"] <= 0.03 + 1e-9
     parse_recipe(str(out / "best_recipe.yaml"))  # the YAML is a valid recipe
     assert yaml.safe_load((out / "best_recipe.yaml").read_text())["steps"] or outcome.best == ""
+    cfg = SearchConfig(model=str(digits_model_dir), task="digits", max_drop=0.03, out=out, batch=8,
+                       steps=["tome"])
     cache = json.loads((out / "cache.json").read_text())["candidates"]
-    assert any(k.startswith("tome") for k in cache) and any(k.startswith("prune-heads") for k in cache)
+    assert any(k.startswith("tome") for k in cache)
     # every over-budget candidate stopped its branch: nothing more aggressive in that family was tried
-    for fam in ("tome", "prune-heads"):
+    for fam in ("tome",):
         tried = [v for k, v in cache.items() if k.startswith(fam) and "+" not in k]
         fails = [i for i, v in enumerate(tried) if not v["ok"]]
-        assert not fails or fails[0] == len(tried) - 1
+        assert not fails or len(tried) - fails[0] <= 2  # a failure ends the branch (after one milder retry)
 
     from slimformer.search import Search
 

@@ -79,6 +79,8 @@ class SearchConfig:
     final_rounds: int = 10
     steps: list[str] | None = None  # restrict the families explored (default: every registered step)
     quick_seconds: float = 2.0  # timing per candidate while exploring (the final measurement is longer)
+    final_front: int = 4  # fastest front recipes measured in the final run
+    final_seconds: float = 150.0  # time budget of the final interleaved timing
 
 
 @dataclass
@@ -112,17 +114,39 @@ def token_count(model: nn.Module, seq_len: int) -> int:
     return seq_len
 
 
-def family_grid(name: str, options: type, tokens: int) -> list[str]:
-    """The inline settings of one step, mild to aggressive ([name] for a switch; [] if no known knob)."""
+IDENTITY = {"r": 0, "ratio": 0.0, "keep_rate": 1.0, "energy": 1.0}  # the knob's "do nothing" value
+
+
+def family_knob(name: str, options: type, tokens: int) -> tuple[str, list] | None:
+    """(option, values mild to aggressive) of one step; None for a switch or a step without a known knob."""
     fields = {f.name for f in dataclasses.fields(options)}
-    if name in SWITCHES:
-        return [name]
     for opt, values in KNOBS.get(name, []):
         if opt in fields:
             if values == "tokens":
                 values = sorted({max(1, round(tokens * f)) for f in (0.04, 0.08, 0.12, 0.16, 0.2)})
-            return [f"{name}:{opt}={v}" for v in values]
-    return []
+            return opt, list(values)
+    return None
+
+
+def family_grid(name: str, options: type, tokens: int) -> list[str]:
+    """The inline settings of one step, mild to aggressive ([name] for a switch; [] if no known knob)."""
+    if name in SWITCHES:
+        return switch_grid(name, options)
+    knob = family_knob(name, options, tokens)
+    return [f"{name}:{knob[0]}={v}" for v in knob[1]] if knob else []
+
+
+def switch_grid(name: str, options: type) -> list[str]:
+    """A precision step as is, then compiled where it offers that (fuses the dequantize work)."""
+    fields = {f.name for f in dataclasses.fields(options)}
+    return [name] + ([f"{name}:compile=true"] if "compile" in fields else [])
+
+
+def midpoint(opt: str, lo: Any, hi: Any) -> Any | None:
+    """The setting halfway between a feasible `lo` and an infeasible `hi`, None if there is none."""
+    mid = (lo + hi) / 2
+    mid = int(mid) if isinstance(hi, int) else round(mid, 4)
+    return None if mid in (lo, hi) else mid
 
 
 class Search:
@@ -239,24 +263,41 @@ class Search:
         return self.cfg.distill and "distill" in all_steps() and hasattr(self.task, "training_data")
 
     def singles(self, tick) -> dict[str, list[Candidate]]:
-        """Stage 1: each family alone, mild to aggressive, stopping dominated branches."""
+        """Stage 1: each family alone, mild to aggressive, stopping dominated branches. The first
+        setting over budget gets one rescue: distillation (structural steps) or else the halfway
+        setting, so a coarse grid does not miss a mild setting that fits."""
         tokens = token_count(self.base, self.cfg.seq_len)
         feasible: dict[str, list[Candidate]] = {}
         for name, step in self.steps.items():
-            grid = family_grid(name, step.options, tokens)
+            knob = None if name in SWITCHES else family_knob(name, step.options, tokens)
+            values = switch_grid(name, step.options) if name in SWITCHES else (knob[1] if knob else [])
             kept: list[Candidate] = []
             distilled = False
-            for recipe in grid:
+
+            def recipe_for(value: Any, distilled: bool, name: str = name, knob=knob) -> str:
+                part = value if knob is None else f"{name}:{knob[0]}={value}"
+                return join([part, "distill"] if distilled else [part])
+
+            last_ok = IDENTITY.get(knob[0]) if knob else None
+            for value in values:
                 if self.over_budget():
                     break
-                c = self.evaluate(join([recipe, "distill"] if distilled else [recipe]))
+                c = self.evaluate(recipe_for(value, distilled))
                 tick(c)
                 if not c.ok and not c.error and name in STRUCTURAL and self.can_distill() and not distilled:
                     distilled = True  # rescue this setting (and go on from it) with distillation
-                    c = self.evaluate(join([recipe, "distill"]))
+                    c = self.evaluate(recipe_for(value, distilled))
                     tick(c)
+                if not c.ok and not c.error and knob and last_ok is not None:
+                    mid = midpoint(knob[0], last_ok, value)
+                    if mid is not None:
+                        c2 = self.evaluate(recipe_for(mid, distilled))
+                        tick(c2)
+                        if c2.ok and c2.latency_ms < min([self.base_ms * 0.98] + [k.latency_ms for k in kept]):
+                            kept.append(c2)
                 if not c.ok:
                     break
+                last_ok = value
                 if kept and c.latency_ms >= kept[-1].latency_ms * 0.98:
                     break  # more aggressive but no faster: the rest of the branch is dominated
                 if c.latency_ms < self.base_ms * 0.98:
@@ -332,7 +373,7 @@ class Search:
 
         out = Path(self.cfg.out)
         front_idx = pareto_front([(c.latency_ms, c.metric) for c in pool])
-        front = [pool[i] for i in front_idx][:6]
+        front = [pool[i] for i in front_idx][:self.cfg.final_front]
         if self.console:
             self.console.log(f"final measurement: fp32, {len(front)} front recipe(s), baselines "
                              f"{','.join(self.cfg.baselines) or 'none'}")
@@ -350,7 +391,8 @@ class Search:
             seq = token_count(self.base, self.cfg.seq_len)
             say = (lambda m: self.console.log(m)) if self.console else None
             results = measure_variants(variants, self.batch, seq, self.cfg.threads, self.cfg.task,
-                                       rounds=self.cfg.final_rounds, progress=say)
+                                       rounds=self.cfg.final_rounds, max_seconds=self.cfg.final_seconds,
+                                       progress=say)
         base_p50 = results[0]["latency_ms"]["p50"]
         for r in results:
             r["speedup"] = round(base_p50 / r["latency_ms"]["p50"], 4)
