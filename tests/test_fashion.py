@@ -89,15 +89,13 @@ def test_one_train_step_lowers_the_loss():
     assert losses[-1] < losses[0] - 0.2
 
 
-def test_augment_keeps_shape_and_labels_meaning():
+def test_augment_flips_some_images_and_keeps_the_rest():
     d = fashion.load_data()
-    x = d.x_train[:32]
+    x = d.x_train[:64]
     out = fashion.augment(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape
-    # Light augmentation: images stay strongly correlated with the originals (a flip is compared flipped).
-    best = torch.maximum(torch.nn.functional.cosine_similarity(out.flatten(1), x.flatten(1)),
-                         torch.nn.functional.cosine_similarity(out.flatten(1), x.flip(-1).flatten(1)))
-    assert (best > 0.5).all()
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert (flipped | kept).all() and 10 < int(flipped.sum()) < 54
 
 
 def test_task_on_subset_learns_and_resumes(tmp_path, monkeypatch):
