@@ -114,3 +114,27 @@ def test_benchmark_tiny_runs(tmp_path):
     assert {r["batch"] for r in report["results"]} == {1, 32}
     # the CTranslate2 conversion computes our function: fp32 outputs agree (allowing rare float ties)
     assert report["quality"]["ctranslate2 fp32"]["identical_to_fp32"] >= 0.9
+
+
+def test_ctranslate2_conversion_computes_our_function(small, tmp_path):
+    """Per-token log-probabilities of CTranslate2 (fp32) equal ours: the Marian route keeps pre-LN,
+    final norms, learned positions and the <s> start (tolerance: LayerNorm epsilon 1e-6 vs CT2's)."""
+    from slimformer.bench import ct2
+    from slimformer.models.seq2seq import Seq2Seq
+
+    model = Seq2Seq(replace(T.MODEL_CONFIG, vocab_size=small.get_vocab_size(), d_model=32, n_enc_layers=2,
+                            n_dec_layers=2, d_ff=64, max_len=32)).eval()
+    with torch.no_grad():  # non-trivial norms so that a misplaced LayerNorm would show
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    srcs = T.encode_sources(small, ["In the beginning God created the heavens.", "Jesus wept."], 32)
+    tgts = [small.encode(" Y dijo Dios: Sea la luz.").ids, small.encode(" Jesús lloró.").ids]
+    translator = ct2.translator(ct2.convert(model, small, tmp_path / "ct2", quantization=None), "float32", 1)
+    scored = translator.score_batch([[small.id_to_token(i) for i in s] for s in srcs],
+                                    [[small.id_to_token(i) for i in t] for t in tgts])
+    for s, t, r in zip(srcs, tgts, scored, strict=True):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([s]), torch.tensor([[1] + t]))[0], -1)
+        ours = torch.tensor([float(logp[i, x]) for i, x in enumerate(t + [2])])
+        assert torch.allclose(ours, torch.tensor(r.log_probs), atol=1e-3), (ours, r.log_probs)
