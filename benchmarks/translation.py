@@ -41,12 +41,13 @@ log = logging.getLogger("benchmarks.translation")
 RESULTS = Path(__file__).parent / "results"
 
 
-def quantize_int8(model: Seq2Seq) -> tuple[nn.Module, str]:
-    """Our int8 model: the registered `int8` recipe step if available, else dynamic int8 Linears."""
+def quantize_int8(model: Seq2Seq, task: str | None) -> tuple[nn.Module, str]:
+    """Our int8 model: the registered `int8` recipe step if available, else dynamic int8 Linears.
+    `task` supplies calibration data (None for the tiny model, whose vocabulary is not the task's)."""
     from slimformer.api import compress_model
 
     try:
-        q, _ = compress_model(copy.deepcopy(model), "int8", task=None)
+        q, _ = compress_model(copy.deepcopy(model), "int8", task=task)
         return q, "recipe step int8 (slimformer.compress.quantize)"
     except SlimformerError as e:
         log.warning("int8 recipe step unavailable (%s); using torch dynamic int8 Linear", e)
@@ -98,7 +99,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     model, tok, sources, refs = setup(args)
     max_new = args.max_new_tokens or model.config.max_len - 1
-    q8, q8_how = quantize_int8(model)
+    q8, q8_how = quantize_int8(model, None if args.tiny else "translation")
     work = Path(tempfile.mkdtemp(prefix="ct2-"))
     t0 = time.perf_counter()
     tr = {ct: ct2.translator(ct2.convert(model, tok, work / ct, quantization=ct), ct, args.threads)
