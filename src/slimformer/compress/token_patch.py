@@ -39,6 +39,7 @@ class TokenSite:
     protected: int
     fixed: bool
     query: str  # whose attention ranks tokens for pruning: "cls" or "mean"
+    metric: str  # what ToMe compares by default: "keys" (images, as ToMe) or "hidden" (text)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class TokenReducer:
     keep_rates: list[float] | None = None
     fuse: bool = True
     query: str = "mean"
+    metric: str = "keys"             # tome similarity: "keys" (mean over heads) or "hidden" states
     # State of the current forward (per batch):
     size: Tensor | None = None       # [B, T] float, 0 = padding / dead slot
     protected: Tensor | None = None  # [B, T] bool
@@ -89,7 +91,8 @@ class TokenReducer:
             r = self.plan[:, layer]
             if not bool(r.any()):
                 return x
-            red = bipartite_soft_matching(k.mean(1), r, self.size, self.protected)
+            metric = k.mean(1) if self.metric == "keys" else x
+            red = bipartite_soft_matching(metric, r, self.size, self.protected)
         else:
             rate = self.keep_rates[layer]
             if rate >= 1.0:
@@ -173,11 +176,11 @@ def reference_site(model: nn.Module) -> TokenSite | None:
     """The `TokenSite` of a reference model, or None if `model` is not one we can patch."""
     if isinstance(model, ViT):
         c = model.config
-        return TokenSite(c.n_layers, c.n_patches + 1, 1, True, "cls")
+        return TokenSite(c.n_layers, c.n_patches + 1, 1, True, "cls", "keys")
     if isinstance(model, Encoder):
-        return TokenSite(model.config.n_layers, model.config.max_len, 0, False, "mean")
+        return TokenSite(model.config.n_layers, model.config.max_len, 0, False, "mean", "hidden")
     if isinstance(model, Seq2Seq):
-        return TokenSite(model.config.n_enc_layers, model.config.max_len, 0, False, "mean")
+        return TokenSite(model.config.n_enc_layers, model.config.max_len, 0, False, "mean", "hidden")
     return None
 
 

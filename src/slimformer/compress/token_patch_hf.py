@@ -119,9 +119,9 @@ def hf_site(model: nn.Module) -> TokenSite | None:
         if cfg.is_decoder or getattr(cfg, "add_cross_attention", False):
             raise SlimformerError(f"token reduction: {type(model).__name__} is configured as a decoder; merging "
                                   "or dropping tokens would mix past and future positions")
-        return TokenSite(len(layers), cfg.max_position_embeddings, 2, False, "mean")
+        return TokenSite(len(layers), cfg.max_position_embeddings, 2, False, "mean", "hidden")
     tokens = (cfg.image_size // cfg.patch_size) ** 2 + 1
-    return TokenSite(len(layers), tokens, 1, True, "cls")
+    return TokenSite(len(layers), tokens, 1, True, "cls", "keys")
 
 
 def patch_hf(model: nn.Module, red: TokenReducer) -> None:

