@@ -72,10 +72,11 @@ def distributed(a: argparse.Namespace, vit: str) -> dict:
     log.info("ddp x1 done in %.0f s", time.time() - t0)
     jobs = [
         train,
-        {"job": "tp", "models": [a.text_model, vit], "batch": a.max_batch, "seq_len": a.seq_len,
+        {"job": "tp", "models": [*a.text_models, vit], "batch": a.max_batch, "seq_len": a.seq_len,
          "repeats": a.repeats, "warmup": 2},
-        {"job": "pp", "models": [a.text_model, vit], "schedules": ["gpipe", "1f1b"], "microbatch_list": a.microbatches,
-         "batch": a.pp_batch, "seq_len": a.seq_len, "repeats": a.repeats, "warmup": 2, "train_repeats": a.repeats},
+        {"job": "pp", "models": [*a.text_models, vit], "schedules": ["gpipe", "1f1b"],
+         "microbatch_list": a.microbatches, "batch": a.pp_batch, "seq_len": a.seq_len, "repeats": a.repeats,
+         "warmup": 2, "train_repeats": a.repeats},
     ]
     two, tp, pp = launch("multi", {"jobs": jobs, "threads": 1},
                          LaunchConfig(nproc=2, quiet=True, hang_timeout=120))["results"]
@@ -134,16 +135,16 @@ def main() -> None:
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if a.tiny:
-        a.duration, a.repeats, a.max_batch, a.seq_len, a.pp_batch = 1.0, 3, 4, 16, 4
-        a.microbatches, a.ddp_batch, a.ddp_steps, a.text_model = [2], 8, 5, "encoder-small"
+    if a.tiny:  # the digits ViT only, one microbatch count, a few steps
+        a.duration, a.repeats, a.max_batch, a.seq_len, a.pp_batch = 1.0, 2, 4, 16, 4
+        a.microbatches, a.ddp_batch, a.ddp_steps, a.text_models = [2], 8, 5, []
     else:
         a.duration, a.repeats, a.max_batch, a.seq_len, a.pp_batch = 8.0, 10, 16, 128, 16
-        a.microbatches, a.ddp_batch, a.ddp_steps, a.text_model = [2, 4, 8], 32, 25, "encoder-small"
-    vit = digits_model()
+        a.microbatches, a.ddp_batch, a.ddp_steps, a.text_models = [2, 4, 8], 32, 25, ["encoder-small"]
+    vit = "vit-tiny" if a.tiny else digits_model()
     env = environment()
     report = {"tiny": a.tiny, "serving": [], "distributed": {}}
-    for ref, seq in ((a.text_model, a.seq_len), (vit, 0)):
+    for ref, seq in [*((m, a.seq_len) for m in a.text_models), (vit, 0)]:
         t0 = time.time()
         report["serving"].append(serving(ref, seq, a))
         log.info("serving %s done in %.0f s", ref, time.time() - t0)
