@@ -62,7 +62,7 @@ def outcome(section: str, fn, *args):
         with bounded(CASE_SECONDS):
             result = fn(*args)
     except SlimformerError as e:
-        assert "\n" not in str(e).strip() or section.startswith("recipe"), f"multi-line error: {e}"
+        assert "\n" not in str(e).strip(), f"multi-line error: {e}"
         record_error(section, str(e))
         return e
     except CaseTimeout:
