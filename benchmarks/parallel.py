@@ -23,7 +23,8 @@ from slimformer import atomic, io
 from slimformer.bench.env import environment
 from slimformer.bench.inputs import example_inputs
 from slimformer.bench.timing import measure
-from slimformer.parallel.common import output_of
+from slimformer.parallel.common import LocalWorker, output_of
+from slimformer.parallel.data import run_job as run_ddp
 from slimformer.parallel.launch import LaunchConfig, launch
 from slimformer.parallel.serve import ServeConfig, serve_benchmark
 from slimformer.paths import cache_dir
@@ -68,7 +69,8 @@ def distributed(a: argparse.Namespace, vit: str) -> dict:
     train = {"job": "ddp", "model": "vit-tiny", "task": "digits", "batch": a.ddp_batch, "steps": a.ddp_steps,
              "warmup_steps": 3, "threads": 1}
     t0 = time.time()
-    one = launch("ddp", train, LaunchConfig(nproc=1, quiet=True, hang_timeout=120))
+    torch.set_num_threads(1)
+    one = run_ddp(train, LocalWorker())  # the plain single-process trainer (world 1: nothing is wrapped)
     log.info("ddp x1 done in %.0f s", time.time() - t0)
     jobs = [
         train,

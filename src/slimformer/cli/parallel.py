@@ -74,7 +74,8 @@ def run_job(job: str, spec: dict[str, Any], nproc: int, extra: list[str], hang_t
 
     args, _ = torchrun_args(extra)
     try:
-        return launch(job, spec, LaunchConfig(nproc=nproc, torchrun_args=args, hang_timeout=hang_timeout, quiet=True))
+        return launch(job, spec, LaunchConfig(nproc=nproc, torchrun_args=args, hang_timeout=hang_timeout,
+                                              stall_timeout=max(120.0, 6 * hang_timeout), quiet=True))
     except JobFailed as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
@@ -151,8 +152,8 @@ def ddp(
     check: bool = typer.Option(False, "--check", help="first compare one step with a single-process step"),
     seq_len: int = typer.Option(12, "--seq-len", help="sequence length of the synthetic seq2seq task"),
     threads: int = typer.Option(1, "--threads", help="intra-op threads per rank"),
-    hang_timeout: float = typer.Option(20.0, "--hang-timeout", help="seconds without progress before a rank "
-                                                                    "counts as hung"),
+    hang_timeout: float = typer.Option(20.0, "--hang-timeout", help="seconds without a heartbeat before a "
+                                                                    "rank counts as hung"),
     json_out: Path = typer.Option(None, "--json", help="write {env, results} here"),
 ) -> None:
     """Data-parallel training (DDP or FSDP2) of MODEL on a task, with checkpoints and resume.
@@ -191,7 +192,7 @@ def tp(
     seq_len: int = typer.Option(128, "--seq-len", help="tokens for text models"),
     repeats: int = typer.Option(10, "--repeats", help="timed forward calls"),
     threads: int = typer.Option(1, "--threads", help="intra-op threads per rank"),
-    hang_timeout: float = typer.Option(20.0, "--hang-timeout", help="seconds without progress = hung"),
+    hang_timeout: float = typer.Option(20.0, "--hang-timeout", help="seconds without a heartbeat = hung"),
     json_out: Path = typer.Option(None, "--json", help="write {env, results} here"),
 ) -> None:
     """Tensor-parallel inference and one training step, both checked against a single process.
@@ -222,7 +223,7 @@ def pp(
     seq_len: int = typer.Option(128, "--seq-len", help="tokens for text models"),
     repeats: int = typer.Option(5, "--repeats", help="timed calls"),
     threads: int = typer.Option(1, "--threads", help="intra-op threads per rank"),
-    hang_timeout: float = typer.Option(20.0, "--hang-timeout", help="seconds without progress = hung"),
+    hang_timeout: float = typer.Option(20.0, "--hang-timeout", help="seconds without a heartbeat = hung"),
     json_out: Path = typer.Option(None, "--json", help="write {env, results} here"),
 ) -> None:
     """Pipeline-parallel inference and one training step (split by layer), checked against a single

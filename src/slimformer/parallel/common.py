@@ -62,10 +62,14 @@ def loss_fn(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda logits, target: F.cross_entropy(logits.flatten(0, 1), target.flatten())
 
 
-def timed(fn: Callable[[], object], batch: int, warmup: int, repeats: int, sync: bool = True) -> Timing:
-    """Time `repeats` calls after `warmup` calls; with `sync`, all ranks start each call together."""
+def timed(fn: Callable[[], object], batch: int, warmup: int, repeats: int, sync: bool = True,
+          tick: Callable[[], None] | None = None) -> Timing:
+    """Time `repeats` calls after `warmup` calls; with `sync`, all ranks start each call together.
+    `tick` is called after every call (the worker's progress report)."""
     for _ in range(warmup):
         fn()
+        if tick:
+            tick()
     seconds = []
     for _ in range(repeats):
         if sync and dist.is_initialized():
@@ -73,6 +77,8 @@ def timed(fn: Callable[[], object], batch: int, warmup: int, repeats: int, sync:
         t0 = time.perf_counter()
         fn()
         seconds.append(time.perf_counter() - t0)
+        if tick:
+            tick()
     return summarize(seconds, batch)
 
 
@@ -90,6 +96,15 @@ def max_param_diff(model: nn.Module, reference: nn.Module) -> tuple[float, str]:
         if d >= worst:
             worst, where = d, name
     return worst, where
+
+
+class LocalWorker:
+    """The single-process stand-in for `worker.Worker`: rank 0 of 1, no heartbeat (nobody watches)."""
+
+    rank, world, device, step = 0, 1, torch.device("cpu"), 0
+
+    def progress(self, step: int | None = None) -> None:
+        self.step = self.step + 1 if step is None else step
 
 
 def check_positive(name: str, value: int, low: int = 1) -> None:

@@ -235,8 +235,9 @@ def train(model: nn.Module, data, spec: dict[str, Any], worker) -> dict[str, Any
             save_checkpoint(Path(spec["out"]), parallel, optimizer, scheduler, template, step + 1, spec, worker)
     timed_steps = times[spec.get("warmup_steps", 2):] or times
     local_rate = spec["batch"] * len(timed_steps) / max(sum(timed_steps), 1e-9)
-    rates: list = [None] * world
-    dist.all_gather_object(rates, local_rate)
+    rates: list = [local_rate] * world
+    if world > 1:
+        dist.all_gather_object(rates, local_rate)
     return {"start_step": start, "end_step": total, "final_loss": losses[-1] if losses else None,
             "train_accuracy": correct / max(items, 1),
             "items_per_s": sum(rates), "timed_steps": len(timed_steps),

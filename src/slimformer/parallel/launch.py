@@ -3,10 +3,11 @@
 torchrun already ends the job when a worker *exits* (its monitor polls every 0.1 s). What it cannot see
 is a worker that *hangs*: the others then wait in a collective for the process group timeout (30 min by
 default). So every worker runs a heartbeat thread (`parallel.worker`) that writes one small file per rank
-in the run dir; this launcher reads them and ends the whole job when a rank stops beating (frozen
-process) or stops making progress, naming the rank. Workers live in their own sessions (torchrun starts
-them with `start_new_session`), so the launcher kills torchrun's group *and* each worker pid it learned
-from the heartbeats: nothing outlives the job.
+in the run dir; this launcher reads them and ends the whole job, naming the rank, when a rank stops
+beating (a frozen process: `hang_timeout`, 20 s) or when no rank has made progress for `stall_timeout`
+(alive but stuck, e.g. a deadlock; longer, because one training step of a big model may be slow).
+Workers live in their own sessions (torchrun starts them with `start_new_session`), so the launcher
+kills torchrun's group *and* each worker pid it learned from the heartbeats: nothing outlives the job.
 
 A user with several machines passes torchrun's own flags (`--nnodes`, `--rdzv-endpoint`, ...) through
 `torchrun_args`; nothing here replaces torchrun's rendezvous or transport.
@@ -47,7 +48,8 @@ class JobFailed(SlimformerError):
 class LaunchConfig:
     nproc: int
     torchrun_args: list[str] = field(default_factory=list)
-    hang_timeout: float = 20.0  # seconds without heartbeat or progress before a rank counts as hung
+    hang_timeout: float = 20.0  # seconds without a heartbeat (frozen process) before a rank counts as hung
+    stall_timeout: float = 120.0  # seconds with no rank making progress (alive but stuck, e.g. a deadlock)
     timeout: float | None = None  # whole-job wall-clock limit
     env: dict[str, str] = field(default_factory=dict)
     quiet: bool = False  # keep worker output off our stderr (it is still kept for the error message)
@@ -205,7 +207,7 @@ def watch(proc: subprocess.Popen, run_dir: Path, config: LaunchConfig, start: fl
         live = {r: b for r, b in beats.items() if not b.get("done")}
         if live:
             stalled = {r: now - b["progress_t"] for r, b in live.items()}
-            if min(stalled.values()) > config.hang_timeout:
+            if min(stalled.values()) > config.stall_timeout:
                 worst = max(stalled, key=stalled.get)
                 steps = ", ".join(f"rank {r} at step {live[r]['step']}" for r in sorted(live))
                 return (f"rank {worst} hung: no progress on any rank for {min(stalled.values()):.1f} s, rank {worst} "

@@ -190,7 +190,7 @@ def run_config(ref: str, schedule_name: str, m: int, spec: dict[str, Any], worke
         row["max_abs_diff_output"] = (out - expected).abs().max().item()
         row["max_abs_output"] = expected.abs().max().item()
     worker.progress()
-    timing = timed(infer, batch, spec.get("warmup", 1), spec.get("repeats", 5))
+    timing = timed(infer, batch, spec.get("warmup", 1), spec.get("repeats", 5), tick=worker.progress)
     row["inference"] = timing.to_dict()
     micro_args = tuple(a[: batch // m] for a in inputs)
     t_fwd = stage_step_time(stage_mod, micro_args, target[: batch // m], criterion, False)

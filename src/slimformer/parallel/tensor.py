@@ -103,7 +103,7 @@ def run_model(ref: str, spec: dict[str, Any], mesh: DeviceMesh, worker) -> dict[
             row["max_abs_diff_output"] = (out - expected).abs().max().item()
             row["max_abs_output"] = expected.abs().max().item()
         timing = timed(lambda: output_of(tp_model, inputs), spec["batch"], spec.get("warmup", 2),
-                       spec.get("repeats", 5))
+                       spec.get("repeats", 5), tick=worker.progress)
     row["inference"] = timing.to_dict()
     worker.progress()
     if spec.get("train_step", True):
