@@ -51,18 +51,32 @@ class Reduction:
 
         A changed slot gets `sum(w_i x_i) / sum(w_i)` over the tokens that move to it; its size is the
         sum of their sizes, so `sum(size * x)` is conserved when the weights are the sizes (merging).
+        Only the few changed slots are computed: everything else is one gather of the survivors.
         """
+        b, t = self.target.shape
         keep = self.target >= 0
         target = self.target.clamp_min(0)
-        w = torch.where(keep, self.weight, 0).to(x.dtype)
-        index = target[..., None].expand_as(x)
-        sum_wx = torch.zeros_like(x).scatter_add_(1, index, x * w[..., None])
-        sum_w = torch.zeros_like(w).scatter_add_(1, target, w)
         new_size = torch.zeros_like(size).scatter_add_(1, target, torch.where(keep, size, 0))
-        averaged = sum_wx / sum_w.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
-        x = torch.where(self.changed[..., None], averaged, x)
-        x = x.gather(1, self.order[..., None].expand(-1, -1, x.shape[-1]))
-        return x, new_size.gather(1, self.order), protected.gather(1, self.order)
+        out = _rows(x, self.order)
+        if bool(self.changed.any()):
+            w = torch.where(keep, self.weight, 0).to(x.dtype)
+            pos = torch.arange(t, device=x.device).expand(b, t)
+            movers = keep & (target != pos)
+            slots, valid = _compact(self.changed)                           # [B, K]
+            moving, moving_valid = _compact(movers)                         # [B, M]
+            k_of_slot = torch.full((b, t), 0, dtype=torch.long, device=x.device)
+            k_of_slot.scatter_(1, slots, torch.arange(slots.shape[1], device=x.device).expand_as(slots))
+            dst = k_of_slot.gather(1, target.gather(1, moving))              # [B, M]
+            w_slot, w_move = w.gather(1, slots), w.gather(1, moving) * moving_valid
+            acc = _rows(x, slots) * w_slot[..., None]
+            acc.scatter_add_(1, dst[..., None].expand(-1, -1, x.shape[-1]), _rows(x, moving) * w_move[..., None])
+            total = w_slot.scatter_add(1, dst, w_move)
+            values = acc / total.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
+            out_pos = torch.full((b, t), 0, dtype=torch.long, device=x.device)
+            out_pos.scatter_(1, self.order, torch.arange(self.order.shape[1], device=x.device).expand_as(self.order))
+            rows = torch.arange(b, device=x.device)[:, None].expand_as(slots)
+            out[rows[valid], out_pos.gather(1, slots)[valid]] = values[valid]
+        return out, new_size.gather(1, self.order), protected.gather(1, self.order)
 
     def unmerge(self, y: Tensor) -> Tensor:
         """y `[B, T', C]` (outputs of the reduced tokens) -> `[B, T, C]`: each original token gets the
@@ -74,6 +88,21 @@ class Reduction:
         pos = torch.where(self.target >= 0, pos, -1)
         out = y.gather(1, pos.clamp_min(0)[..., None].expand(-1, -1, y.shape[-1]))
         return torch.where((pos >= 0)[..., None], out, 0)
+
+
+def _compact(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """mask `[B, T]` -> (indices `[B, K]` of the True entries first, in order; which of them are real),
+    K = the largest count in a row."""
+    t = mask.shape[1]
+    pos = torch.arange(t, device=mask.device)
+    idx = torch.where(mask, pos, pos + t).argsort(dim=1)[:, :int(mask.sum(1).max())]
+    return idx, mask.gather(1, idx)
+
+
+def _rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x `[B, T, C]`, idx `[B, K]` -> `[B, K, C]` (advanced indexing copies whole rows: much faster on CPU
+    than `gather` with an expanded index)."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
 
 
 def _survivors(live: Tensor) -> Tensor:
