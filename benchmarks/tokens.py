@@ -34,15 +34,13 @@ log = logging.getLogger("benchmarks.tokens")
 RESULTS = Path(__file__).parent / "results"
 VIT_TARGET, MINILM_TARGET, MAX_DROP_POINTS, MIN_COSINE = 1.8, 1.4, 1.0, 0.98
 
-VIT_RECIPES = ["tome:r=8", "tome:r=12", "tome:r=15", "tome:r=15,schedule=decreasing",
-               "tome:schedule=keep,keep_ratio=0.3", "tome:schedule=keep,keep_ratio=0.25",
-               "tome:schedule=keep,keep_ratio=0.2", "tome:schedule=keep,keep_ratio=0.15",
-               "token-prune:keep_rate=0.7,start_layer=3"]
+VIT_RECIPES = ["tome:r=8", "tome:r=15", "tome:schedule=keep,keep_ratio=0.25", "tome:schedule=keep,keep_ratio=0.2",
+               "tome:schedule=keep,keep_ratio=0.15", "token-prune:keep_rate=0.7,start_layer=3"]
 DIGITS_RECIPES = ["tome:r=8", "tome:r=12", "tome:schedule=keep,keep_ratio=0.5",
                   "tome:schedule=keep,keep_ratio=0.3", "tome:schedule=keep,keep_ratio=0.2",
                   "tome:schedule=keep,keep_ratio=0.1", "token-prune:keep_rate=0.7"]
-MINILM_RECIPES = ["tome:r=8", "tome:r=12", "tome:r=14", "tome:schedule=keep,keep_ratio=0.5",
-                  "tome:schedule=keep,keep_ratio=0.4", "token-prune:keep_rate=0.8"]
+MINILM_RECIPES = ["tome:r=10", "tome:r=12", "tome:r=14", "tome:schedule=keep,keep_ratio=0.5",
+                  "token-prune:keep_rate=0.8"]
 
 
 def flops(model, args, kwargs) -> float:
@@ -67,7 +65,7 @@ def sweep(label: str, base, recipes: list[str], args: tuple, kwargs: dict, batch
     for recipe in recipes:
         models[recipe], _ = api.compress_model(copy.deepcopy(base), recipe)
     timings = interleaved({name: (lambda m=m: m(*args, **kwargs)) for name, m in models.items()}, batch=batch,
-                          rounds=2 if quick else 6, calls_per_round=1 if quick else 2,
+                          rounds=2 if quick else 5, calls_per_round=1 if quick else 2,
                           warmup_seconds=0.2 if quick else 3)
     rows = []
     base_t = timings["baseline"]
