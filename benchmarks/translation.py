@@ -53,7 +53,8 @@ def quantize_int8(model: Seq2Seq, task: str | None) -> tuple[nn.Module, str]:
         log.warning("int8 recipe step unavailable (%s: %s); using torch dynamic int8 Linear", type(e).__name__, e)
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear: qconfig}, dtype=torch.qint8)
-        return q, "torch.ao dynamic int8 Linear (per-channel weights, dynamic activations): int8 step not landed"
+        reason = f"{type(e).__name__}: {e}"[:200]
+        return q, f"torch.ao dynamic int8 Linear (per-channel weights, dynamic activations); recipe step: {reason}"
 
 
 def bleu(hyps: list[list[int]], refs: list[str], tok) -> dict[str, float]:
