@@ -175,7 +175,8 @@ def check_step(model: nn.Module, data, spec: dict[str, Any], worker, fsdp: bool)
     for m, shard in ((parallel, mine), (reference, whole)):
         m.train()
         opt = torch.optim.SGD(m.parameters(), lr=0.1)  # update ∝ gradient: the comparison sees gradient errors
-        task_loss(m(*shard.inputs), shard.target)[0].backward()
+        inputs = tuple(x.to(worker.device) for x in shard.inputs)
+        task_loss(m(*inputs), shard.target.to(worker.device))[0].backward()
         opt.step()
     unwrapped = parallel.module if isinstance(parallel, DistributedDataParallel) else parallel
     diff, where = max_param_diff(unwrapped, reference)
@@ -220,7 +221,8 @@ def train(model: nn.Module, data, spec: dict[str, Any], worker) -> dict[str, Any
         t0 = time.perf_counter()
         shard = data.shard(step // per_epoch, step % per_epoch, global_batch, rank, world,
                            augment=spec.get("augment", True))
-        loss, n_correct, n_items = task_loss(parallel(*shard.inputs), shard.target)
+        inputs, target = tuple(x.to(worker.device) for x in shard.inputs), shard.target.to(worker.device)
+        loss, n_correct, n_items = task_loss(parallel(*inputs), target)
         worker.progress(step)  # after the forward, before the backward's collectives: a rank stuck in its
         optimizer.zero_grad(set_to_none=True)  # own compute shows up here as the one that stopped first
         loss.backward()

@@ -100,20 +100,32 @@ def kill_all(proc: subprocess.Popen, pids: list[int], grace: float = 3.0) -> Non
     proc.wait()
 
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker")
+
+
 def torchrun_failed_rank(lines: list[str]) -> str | None:
-    """torchrun's own 'Root Cause' block names the failed rank and its exit code / signal."""
+    """The rank that caused the failure, from torchrun's failure report.
+
+    torchrun's 'Root Cause' is the failure it *observed* first, which is often a healthy rank that
+    raised because its peer vanished. So: prefer a rank killed by a signal (other than the SIGTERM
+    torchrun itself sends while cleaning up), then a rank whose error is not a lost peer, then the root cause.
+    """
     text = "\n".join(lines)
-    root = text.split("Root Cause", 1)[-1]
-    rank = re.search(r"rank\s*:\s*(\d+)", root)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)(?:\s*\(pid: (\d+)\))?", root)
-    if rank is None:
+    blocks = re.split(r"\n\s*\[\d+\]:\s*\n", text.split("Failures:", 1)[-1])
+    failures = []
+    for block in blocks:
+        rank = re.search(r"rank\s*:\s*(\d+)", block)
+        code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+        if rank and code:
+            failures.append((int(rank.group(1)), int(code.group(1)), any(p in block for p in PEER_GONE)))
+    if not failures:
         return None
-    detail = f"rank {rank.group(1)}"
-    if code:
-        n = int(code.group(1))
-        detail += (f" was killed by signal {signal.Signals(-n).name}" if n < 0 and -n in signal.valid_signals()
-                   else f" exited with code {n}")
-    return detail
+    signalled = [f for f in failures if f[1] < 0 and -f[1] != signal.SIGTERM]
+    own = [f for f in failures if f[1] > 0 and not f[2]]
+    rank, code, _ = (signalled or own or failures[-1:])[0]
+    if code < 0 and -code in signal.valid_signals():
+        return f"rank {rank} was killed by signal {signal.Signals(-code).name}"
+    return f"rank {rank} exited with code {code}"
 
 
 def worker_error(lines: list[str], problem: str) -> str | None:

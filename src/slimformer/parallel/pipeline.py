@@ -123,7 +123,8 @@ def sync_tied(stage: Stage, world: int) -> None:
     if stage.family != "decoder" or world == 1:
         return
     own = stage.tok_emb.weight if stage.first else (stage.lm_head.weight if stage.last else None)
-    grad = own.grad if own is not None and own.grad is not None else torch.zeros(stage.tied_shape)
+    device = next(stage.parameters()).device
+    grad = own.grad if own is not None and own.grad is not None else torch.zeros(stage.tied_shape, device=device)
     dist.all_reduce(grad)
     if own is not None:
         own.grad = grad
@@ -134,7 +135,8 @@ def stage_step_time(stage: Stage, args: tuple, target: Tensor, criterion, backwa
     inputs = args
     if not stage.first:  # feed what the previous stage would send, with the right shape
         tokens = stage.n_tokens or args[0].shape[1]
-        x = torch.randn(args[0].shape[0], tokens, stage.d_model).requires_grad_(backward)
+        device = next(stage.parameters()).device
+        x = torch.randn(args[0].shape[0], tokens, stage.d_model, device=device).requires_grad_(backward)
         inputs = (x, padding_bias(args[1], torch.float32)) if stage.family == "encoder" else (x,)
     best = float("inf")
     for _ in range(repeats):
@@ -169,6 +171,8 @@ def run_config(ref: str, schedule_name: str, m: int, spec: dict[str, Any], worke
     model = io.load(ref)
     validate_pp(model, world, m, batch, schedule_name)
     inputs, target = batch_for(model, batch, spec["seq_len"], spec.get("seed", 0))
+    inputs, target = tuple(x.to(worker.device) for x in inputs), target.to(worker.device)
+    model.to(worker.device)
     reference = copy.deepcopy(model) if spec.get("check", True) else None
     criterion = loss_fn(model)
     stage_mod = build_stage(model, rank, world)
