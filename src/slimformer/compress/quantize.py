@@ -1,1 +1,270 @@
-"""(placeholder: filled in by the issue that owns this step)"""
+"""Quantization steps on torchao: `int8` (dynamic int8 activations x int8 weights), `int8-weight`
+(int8 weights, float activations) and `bf16`, each with an optional `compile` (torch.compile, inductor).
+
+gpt-fast style, two verbs. `apply` quantizes every chosen `nn.Linear` with torchao's `quantize_`
+(`Int8DynamicActivationInt8WeightConfig` / `Int8WeightOnlyConfig`: symmetric, per output channel for
+weights, per token for activations) and swaps in `Int8Linear`, a tiny runtime module whose weight is
+torchao's `Int8Tensor`. Its state dict holds plain tensors only (`weight_int8` [out, in] int8 and
+`weight_scale` [out] fp32, plus the float bias), so a saved model dir is plain safetensors; `restore`
+swaps the same modules back in on a fresh skeleton and loading rewraps the tensors, so `load_model(dir)`
+reproduces the in-memory quantized model's outputs exactly.
+
+Speed on CPU (see benchmarks/results/compress.md). torchao's eager int8 matmul goes through
+`torch._int_mm`, which on a CPU without AMX is slower than the fp32 matmul it replaces. Under
+`torch.compile` with freezing, inductor pattern-matches torchao's int8 linear and lowers it to oneDNN's
+int8 GEMM (`onednn.qlinear_pointwise`, VNNI). The eager forward calls that same oneDNN op directly, on
+the same torchao-quantized weight, so `int8` is fast without a compile; `compile: true` additionally
+fuses the elementwise work around it (activation quantization, GELU, LayerNorm) at a one-off compile
+cost of tens of seconds per input shape.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import SlimformerError
+from .registry import Step, StepContext, register
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Int8Options:
+    compile: bool = False
+    # fnmatch patterns of Linear module names to leave in float (e.g. "head" for a classifier head)
+    skip: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Bf16Options:
+    compile: bool = False
+
+
+def _torchao():
+    """Import torchao quietly: it logs a warning per optional CUDA extension that a CPU build lacks."""
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    import torchao.quantization as tq
+    from torchao.quantization import Int8Tensor
+
+    return tq, Int8Tensor
+
+
+def _config(dynamic: bool):
+    tq, _ = _torchao()
+    # set_inductor_config=False: torchao would otherwise change process-wide inductor settings
+    if dynamic:
+        return tq.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+    return tq.Int8WeightOnlyConfig(set_inductor_config=False)
+
+
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+
+
+class Int8Linear(nn.Module):
+    """`y = x @ W^T + b` with an int8 weight (torchao `Int8Tensor`, one fp32 scale per output row).
+
+    dynamic=True quantizes activations per token to int8 at run time (int8 x int8 GEMM, int32
+    accumulate); dynamic=False keeps float activations (weight-only). Shapes: x [..., in] -> [..., out].
+    Saved as plain `weight_int8` [out, in] int8 + `weight_scale` [out] fp32 (+ `bias` [out]).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dynamic: bool,
+                 dtype: torch.dtype = torch.float32, weight: Tensor | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.dynamic = in_features, out_features, dynamic
+        if weight is None:  # a skeleton for `restore`: loading the state dict fills it
+            weight = _quantized_weight(torch.zeros(out_features, in_features, dtype=dtype), dynamic)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+        self._packed: Any = None  # oneDNN-prepacked weight for the eager fast path, built on first use
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, dynamic: bool) -> Int8Linear:
+        """Quantize `linear` with torchao (`quantize_`) and wrap it."""
+        out = cls(linear.in_features, linear.out_features, linear.bias is not None, dynamic,
+                  linear.weight.dtype, _quantized_weight(linear.weight.detach(), dynamic))
+        if linear.bias is not None:
+            out.bias.data.copy_(linear.bias.detach())
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dynamic and not torch.compiler.is_compiling() and x.device.type == "cpu" and _onednn_available():
+            return self._onednn_forward(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def _onednn_forward(self, x: Tensor) -> Tensor:
+        """The oneDNN int8 GEMM that inductor lowers torchao's int8 linear to, called eagerly.
+
+        Activations are quantized per token, symmetric, exactly as torchao does (scale = max|x| / 127);
+        oneDNN gets a unit activation scale and the per-token scale is applied to its fp32 output.
+        """
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight.qdata, None)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float()
+        scale = x2.abs().amax(dim=-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).eps).div_(127.0)
+        q = torch.round(x2 / scale).clamp_(-128, 127).to(torch.int8)
+        y = torch.ops.onednn.qlinear_pointwise.tensor(
+            q, torch.ones((), dtype=torch.float32), None, self._packed, self.weight.scale.reshape(-1).float(),
+            None, None, 1.0, 0, torch.float32, "none", [], "")
+        y = y.mul_(scale)
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        # plain tensors only, so the dir is plain safetensors (io.plain_state_dict refuses subclasses)
+        destination[prefix + "weight_int8"] = self.weight.qdata
+        destination[prefix + "weight_scale"] = self.weight.scale.reshape(-1)
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        names = ["weight_int8", "weight_scale"] + (["bias"] if self.bias is not None else [])
+        for name in names:
+            if prefix + name not in state_dict:
+                missing_keys.append(prefix + name)
+        if any(prefix + n not in state_dict for n in names):
+            return
+        qdata, scale = state_dict[prefix + "weight_int8"], state_dict[prefix + "weight_scale"]
+        if qdata.dtype != torch.int8 or tuple(qdata.shape) != (self.out_features, self.in_features):
+            error_msgs.append(f"{prefix}weight_int8: expected int8 {(self.out_features, self.in_features)}, "
+                              f"got {qdata.dtype} {tuple(qdata.shape)}")
+            return
+        w = self.weight
+        w.qdata.copy_(qdata)
+        w.scale.copy_(scale.reshape(w.scale.shape))
+        if self.bias is not None:
+            self.bias.data.copy_(state_dict[prefix + "bias"])
+        self._packed = None
+        if strict:
+            extra = [k for k in state_dict if k.startswith(prefix) and k[len(prefix):] not in names
+                     and "." not in k[len(prefix):]]
+            unexpected_keys.extend(extra)
+
+    def extra_repr(self) -> str:
+        kind = "int8 x int8 (dynamic)" if self.dynamic else "int8 weight-only"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {kind}"
+
+
+def _quantized_weight(weight: Tensor, dynamic: bool) -> Tensor:
+    """torchao's Int8Tensor for a float weight [out, in] (via `quantize_` on a throwaway Linear)."""
+    tq, _ = _torchao()
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+    lin.weight.data = weight
+    tq.quantize_(lin, _config(dynamic))
+    return lin.weight.data
+
+
+def _named_linears(model: nn.Module, skip: list[str]) -> list[str]:
+    return [name for name, m in model.named_modules() if type(m) is nn.Linear
+            and not any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name.rsplit(".", 1)[-1], p)
+                        for p in skip)]
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _compile(model: nn.Module) -> nn.Module:
+    """torch.compile in place (state-dict keys unchanged). Freezing lets inductor treat weights as
+    constants, which is what enables its int8 / weight-only lowerings and weight prepacking; it only
+    takes effect under `torch.no_grad()` / `torch.inference_mode()` (how models are evaluated)."""
+    model.compile(options={"freezing": True})
+    return model
+
+
+def _quantize(model: nn.Module, opts: Int8Options, dynamic: bool, names: list[str] | None = None) -> nn.Module:
+    for name in (names if names is not None else _named_linears(model, opts.skip)):
+        linear = model.get_submodule(name)
+        if not isinstance(linear, nn.Linear):
+            raise SlimformerError(f"quantize: module {name!r} is a {type(linear).__name__}, expected nn.Linear "
+                                  "(slimformer.json does not match this architecture)")
+        _swap(model, name, Int8Linear.from_linear(linear, dynamic))
+    return _compile(model) if opts.compile else model
+
+
+def _apply_int8(dynamic: bool):
+    def apply(model: nn.Module, opts: Int8Options, ctx: StepContext) -> nn.Module:
+        names = _named_linears(model, opts.skip)
+        if not names:
+            raise SlimformerError(f"step {'int8' if dynamic else 'int8-weight'!r}: no nn.Linear left to quantize "
+                                  f"(skip={opts.skip})")
+        ctx.state["modules"] = names
+        log.info("quantizing %d Linear layers to int8 (%s)", len(names), "dynamic" if dynamic else "weight-only")
+        return _quantize(model, opts, dynamic, names)
+    return apply
+
+
+def _restore_int8(dynamic: bool):
+    def restore(model: nn.Module, opts: Int8Options, state: dict) -> nn.Module:
+        names = state.get("modules")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SlimformerError("step int8: state 'modules' in slimformer.json must be a list of module names")
+        for name in names:
+            try:
+                linear = model.get_submodule(name)
+            except AttributeError as e:
+                raise SlimformerError(f"step int8: module {name!r} from slimformer.json not found in the model") from e
+            if not isinstance(linear, nn.Linear):
+                raise SlimformerError(f"step int8: module {name!r} is a {type(linear).__name__}, expected nn.Linear")
+            _swap(model, name, Int8Linear(linear.in_features, linear.out_features, linear.bias is not None,
+                                          dynamic, linear.weight.dtype))
+        return _compile(model) if opts.compile else model
+    return restore
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """`value` with every floating tensor in it (nested in tuples, lists, dicts, HF outputs) cast to `dtype`."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):  # includes Hugging Face ModelOutput (an OrderedDict subclass)
+        for k in list(value.keys()):
+            value[k] = _cast(value[k], dtype)
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, dtype) for v in value) if not hasattr(value, "_fields") else \
+            type(value)(*(_cast(v, dtype) for v in value))
+    return value
+
+
+def _to_bf16_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    return _cast(args, torch.bfloat16), _cast(kwargs, torch.bfloat16)
+
+
+def _to_fp32_outputs(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    return _cast(output, torch.float32)
+
+
+def _apply_bf16(model: nn.Module, opts: Bf16Options, ctx: StepContext) -> nn.Module:
+    """Weights and compute in bf16; inputs and outputs stay fp32 at the model boundary, so callers
+    (tasks, benchmarks) need not know."""
+    model = model.to(torch.bfloat16)
+    model.register_forward_pre_hook(_to_bf16_inputs, with_kwargs=True)
+    model.register_forward_hook(_to_fp32_outputs, with_kwargs=True)
+    return _compile(model) if opts.compile else model
+
+
+def _restore_bf16(model: nn.Module, opts: Bf16Options, state: dict) -> nn.Module:
+    return _apply_bf16(model, opts, StepContext())
+
+
+register(Step("int8", Int8Options, _apply_int8(True),
+              "int8 weights x int8 activations quantized per token at run time (torchao, oneDNN VNNI GEMM)",
+              restore=_restore_int8(True), makes_low_precision=True))
+register(Step("int8-weight", Int8Options, _apply_int8(False),
+              "int8 weights, float activations (torchao weight-only): 4x smaller Linears",
+              restore=_restore_int8(False), makes_low_precision=True))
+register(Step("bf16", Bf16Options, _apply_bf16, "all weights and activations in bfloat16 (AVX512-BF16)",
+              restore=_restore_bf16, makes_low_precision=True))
