@@ -29,7 +29,8 @@ def results_file(tmp_path):
                        record("int8", "int8", 0.99, 7.0, dtype="int8"),
                        record("slow-bad", "prune-ffn:ratio=0.1", 0.97, 9.5),
                        record("ort-int8", "", 0.99, 5.0, kind="baseline", dtype="int8"),
-                       record("torchao-int8", "", 0.98, 8.0, kind="baseline", dtype="int8")]}
+                       record("torchao-int8", "", 0.98, 8.0, kind="baseline", dtype="int8"),
+                       {**record("ort-fp32", "", 0.0, 8.5, kind="baseline"), "metrics": {}}]}
     path = tmp_path / "results.json"
     path.write_text(json.dumps(doc))
     return path
@@ -58,7 +59,7 @@ def test_report_files(results_file, tmp_path):
     assert not re.search(r"(src|href)=['\"](?!data:)", html), "report.html must not reference other files"
     data = re.search(r"base64,([A-Za-z0-9+/=]+)", html).group(1)
     assert base64.b64decode(data) == png
-    assert html.count("class='baseline'") == 2
+    assert html.count("class='baseline'") == 3
 
 
 def test_report_rejects_non_contract(tmp_path):

@@ -108,6 +108,14 @@ def join(parts: list[str]) -> str:
     return "+".join(by_name[n] for n in sorted(by_name, key=lambda n: ORDER.index(n) if n in ORDER else 99))
 
 
+# Families explored first when time is short: cheap to apply and usually the biggest win.
+PRIORITY = ("int8", "tome", "token-prune", "bf16", "lowrank", "prune-ffn", "prune-heads", "int8-weight")
+
+
+def priority(name: str) -> int:
+    return PRIORITY.index(name) if name in PRIORITY else len(PRIORITY)
+
+
 def token_count(model: nn.Module, seq_len: int) -> int:
     if isinstance(model, ViT):
         return (model.config.image_size // model.config.patch_size) ** 2 + 1
@@ -260,7 +268,9 @@ class Search:
 
     # ---- the search -----------------------------------------------------------------------------
     def can_distill(self) -> bool:
-        return self.cfg.distill and "distill" in all_steps() and hasattr(self.task, "training_data")
+        """Distillation needs data: the task's training set, or at least its calibration inputs."""
+        has_data = hasattr(self.task, "training_data") or hasattr(self.task, "calibration")
+        return self.cfg.distill and "distill" in all_steps() and has_data
 
     def singles(self, tick) -> dict[str, list[Candidate]]:
         """Stage 1: each family alone, mild to aggressive, stopping dominated branches. The first
@@ -268,7 +278,7 @@ class Search:
         setting, so a coarse grid does not miss a mild setting that fits."""
         tokens = token_count(self.base, self.cfg.seq_len)
         feasible: dict[str, list[Candidate]] = {}
-        for name, step in self.steps.items():
+        for name, step in sorted(self.steps.items(), key=lambda kv: priority(kv[0])):
             knob = None if name in SWITCHES else family_knob(name, step.options, tokens)
             values = switch_grid(name, step.options) if name in SWITCHES else (knob[1] if knob else [])
             kept: list[Candidate] = []

@@ -142,6 +142,21 @@ def model_dir_runner(path: str, batch: int, seq_len: int) -> Callable[[], object
     return lambda: model(*args, **kwargs)
 
 
+def onnx_runner(path: str, inputs: str, threads: int) -> Callable[[], object]:
+    """Open an ONNX Runtime session on `path` and return a call on the saved benchmark inputs."""
+    from safetensors import safe_open
+
+    from .baselines import ort_session
+
+    with safe_open(inputs, framework="pt") as f:
+        order = json.loads(f.metadata()["order"])
+        values = [f.get_tensor(k) for k in order]
+    session = ort_session(Path(path), threads)
+    names = [i.name for i in session.get_inputs()]
+    feeds = {n: v.numpy() for n, v in zip(names, values, strict=True)}
+    return lambda: session.run(None, feeds)
+
+
 def allocation_probe(mb: float) -> Callable[[], object]:
     """A callable that allocates and touches `mb` MiB: the harness's own calibration (see tests)."""
     import torch

@@ -8,6 +8,7 @@ measured alone in a fresh subprocess, and its size on disk read from the file it
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -152,12 +153,47 @@ def measure_variants(variants: list[Variant], batch: int, seq_len: int, threads:
 
 def baseline_variants(model: nn.Module, which: list[str], inputs: tuple[tuple, dict], workdir: Path,
                       threads: int, task: str | None) -> list[Variant]:
-    """External baselines (ONNX Runtime fp32 / dynamic int8, torchao int8) via `bench.baselines`."""
+    """External baselines (ONNX Runtime fp32 / dynamic int8, torchao int8) built by `bench.baselines`.
+
+    They are timed on the same inputs as our variants. Their task metric is not computed (ONNX graphs
+    are exported for the benchmark's fixed shapes), so reports show them as latency-only markers.
+    ONNX Runtime's peak memory is measured like ours: a fresh process loads the .onnx file and runs it.
+    """
     if not which:
         return []
-    from . import baselines
+    try:
+        from .baselines import build_baselines
+    except ImportError as e:
+        log.warning("baselines %s skipped: %s", ",".join(which), e)
+        return []
+    args, kwargs = inputs
+    workdir = Path(workdir)
+    save_inputs(inputs, workdir / "inputs.safetensors")
+    out = []
+    for b in build_baselines(which, model, args, kwargs, workdir / "baselines", threads=threads):
+        def fn(b=b) -> object:
+            return b(*args, **kwargs)
 
-    return baselines.variants(model, which, inputs, workdir, threads=threads, task=task)
+        v = Variant(name=b.name, recipe="", fn=fn, dtype=b.dtype, kind="baseline", size_mb=b.size_mb,
+                    preload=["onnxruntime", "slimformer.bench.baselines"])
+        onnx = {"ort-fp32": "model.onnx", "ort-int8": "model.int8.onnx"}.get(b.name)
+        if onnx and (workdir / "baselines" / "ort" / onnx).exists():
+            v.memory = ("slimformer.bench.memory:onnx_runner", {
+                "path": str(workdir / "baselines" / "ort" / onnx), "inputs": str(workdir / "inputs.safetensors"),
+                "threads": threads})
+        out.append(v)
+    return out
+
+
+def save_inputs(inputs: tuple[tuple, dict], path: Path) -> None:
+    """The benchmark inputs as safetensors (`arg0`, ..., `kw:<name>`), for a fresh measuring process."""
+    from safetensors.torch import save_file
+
+    args, kwargs = inputs
+    tensors = {f"arg{i}": a.contiguous() for i, a in enumerate(args)}
+    tensors.update({f"kw:{k}": v.contiguous() for k, v in kwargs.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"order": json.dumps(list(tensors))})  # call order, kept exactly
 
 
 def bench(model_ref: str | Path, recipes: list[str] | None = None, batch: int = 8, seq_len: int = 128,

@@ -52,11 +52,19 @@ def pareto_png(runs: list[Run], metric: str | None, floor: float | None = None) 
             if p[0]["recipe"] == "":
                 ax.scatter([p[1]], [sign * p[2]], marker="*", s=220, color="black", zorder=5,
                            label=f"fp32 baseline{tag}")
-        for j, p in enumerate(q for q in pts if q[0].get("kind") == "baseline"):
-            ax.scatter([p[1]], [sign * p[2]], marker=BASELINE_MARKERS[j % len(BASELINE_MARKERS)], s=90,
-                       color="dimgray", edgecolors="black", zorder=5, label=f"baseline: {p[0]['name']}{tag}")
-            ax.annotate(p[0]["name"], (p[1], sign * p[2]), textcoords="offset points", xytext=(6, -12),
-                        fontsize=8, color="dimgray")
+        baselines = [r for r in run.results if r.get("kind") == "baseline"]
+        for j, r in enumerate(baselines):
+            x, y = r["latency_ms"]["p50"], y_of(r)
+            marker = BASELINE_MARKERS[j % len(BASELINE_MARKERS)]
+            if y is None:  # latency only (metric not computed): a labelled vertical line, not a made-up point
+                ax.axvline(x, ls=":", color="dimgray", lw=1.5, label=f"baseline: {r['name']} (latency only){tag}")
+                ax.annotate(r["name"], (x, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=8,
+                            color="dimgray", xytext=(3, 0), textcoords="offset points")
+                continue
+            ax.scatter([x], [sign * y], marker=marker, s=90, color="dimgray", edgecolors="black", zorder=5,
+                       label=f"baseline: {r['name']}{tag}")
+            ax.annotate(r["name"], (x, sign * y), textcoords="offset points", xytext=(6, -12), fontsize=8,
+                        color="dimgray")
     if floor is not None and metric:
         ax.axhline(floor, ls="--", color="firebrick", lw=1, label=f"budget: {metric} >= {floor:.4f}")
     ax.set_xlabel("p50 latency per batch (ms, lower is better)")
