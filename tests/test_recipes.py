@@ -115,3 +115,22 @@ def test_compress_cli_error_is_one_line_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown step 'int9'; valid steps:"), proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_structure_steps_compose_with_int8_and_reload(tmp_path):
+    """prune + low-rank + int8 in one recipe: the saved dir rebuilds every structure and gives the same
+    outputs as the in-memory model."""
+    if "int8" not in all_steps():
+        pytest.skip("int8 step not registered")
+    from slimformer.api import compress_model
+    from slimformer.models import build_builtin
+
+    model, record = compress_model(build_builtin("vit-tiny"),
+                                   "prune-heads:ratio=0.5,score=weight+lowrank:rank=16+int8")
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    loaded = io.load_model_dir(io.save_model(model, tmp_path / "m", recipe=record))
+    assert loaded.blocks[0].attn.n_heads == 2 and isinstance(loaded.blocks[0].mlp.fc1, LowRankLinear)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
