@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -88,7 +89,7 @@ def markdown(results: list[dict], totals: dict, runs: list[dict], tiny: bool) ->
             first.setdefault(k.removeprefix("error:"), v)
     for kind, n in totals["errors_by_kind"].items():
         msg = first.get(kind, "").replace("|", "\\|").replace("\n", " ")
-        msg = msg.split("pytest-of-")[0] + "…/" + msg.split("/")[-1] if "pytest-of-" in msg else msg
+        msg = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/", "…/", msg)
         lines.append(f"| {kind} | {n:,} | `{msg[:140]}` |")
     lines += ["", "| test file | seconds | result |", "|---|---:|---|"]
     lines += [f"| {r['file']} | {r['seconds']} | {r['summary']} |" for r in runs]
