@@ -89,3 +89,13 @@ def test_bad_input_fails_before_any_process_starts(monkeypatch, args, message):
     result = CliRunner().invoke(app, ["parallel", *args])
     assert isinstance(result.exception, SlimformerError), result.output
     assert message in str(result.exception)
+
+
+def test_compressed_models_refused_where_the_split_cannot_work(monkeypatch, tmp_path):
+    from slimformer import api
+
+    monkeypatch.setattr(launch_module, "launch", lambda *a, **k: pytest.fail("a process was started"))
+    for recipe, command, message in (("tome:r=4", "pp", "token-reduced"), ("int8", "tp", "quantized or bf16")):
+        out = api.compress("vit-tiny", recipe, tmp_path / recipe.split(":")[0])
+        result = CliRunner().invoke(app, ["parallel", command, "--nproc", "2", str(out)])
+        assert isinstance(result.exception, SlimformerError) and message in str(result.exception), result.output

@@ -29,6 +29,20 @@ def family(model: nn.Module) -> str:
                           f"{type(model).__name__} has none (use `slimformer parallel serve`, which runs any model)")
 
 
+def refuse_token_reduction(model: nn.Module, what: str) -> None:
+    """Token merging / pruning (`tome`, `token-prune`) patches the model's forward and changes the token
+    count inside the blocks: a pipeline stage runs the blocks itself (the reduction would silently not
+    happen) and a tensor-parallel rank sees only its heads' keys (ranks would merge differently)."""
+    if getattr(model, "_token_reduction", None) is not None:
+        raise SlimformerError(f"{what} cannot run a token-reduced model (tome / token-prune): the token count "
+                              "changes inside the blocks; use `slimformer parallel serve` or ddp for it")
+
+
+def trainable(model: nn.Module) -> bool:
+    """True when every weight is a plain float tensor (an int8 / bf16 recipe makes inference-only models)."""
+    return all(type(p.data) is torch.Tensor and p.dtype == torch.float32 for p in model.parameters())
+
+
 def output_of(model: nn.Module, inputs: tuple) -> Tensor:
     """The model's main output tensor (a Decoder also returns its cache, which we drop)."""
     out = model(*inputs)

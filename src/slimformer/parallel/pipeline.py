@@ -26,7 +26,17 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from .. import io
 from ..errors import SlimformerError
 from ..models.attention import padding_bias
-from .common import batch_for, check_positive, family, loss_fn, max_param_diff, output_of, timed
+from .common import (
+    batch_for,
+    check_positive,
+    family,
+    loss_fn,
+    max_param_diff,
+    output_of,
+    refuse_token_reduction,
+    timed,
+    trainable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,7 @@ def validate_pp(model: nn.Module, stages: int, microbatches: int, batch: int, sc
     check_positive("--nproc (pipeline stages)", stages)
     check_positive("--microbatches", microbatches)
     fam = family(model)
+    refuse_token_reduction(model, "pipeline parallel")
     if fam not in FIRST:
         raise SlimformerError(f"pipeline parallel splits ViT, Encoder and Decoder stacks; a {fam} model has two "
                               "stacks (every decoder stage needs the encoder memory): use ddp or tp for it")
@@ -200,7 +211,7 @@ def run_config(ref: str, schedule_name: str, m: int, spec: dict[str, Any], worke
     t_fwd = stage_step_time(stage_mod, micro_args, target[: batch // m], criterion, False)
     row.update(bubble(t_fwd, timing.p50_ms / 1000, m, world, "inference"))
     worker.progress()
-    if spec.get("train_step", True):
+    if spec.get("train_step", True) and trainable(stage_mod):
         row.update(train_step(stage_mod, schedule, inputs, target, reference, criterion, rank, world,
                               spec, m, micro_args))
     worker.progress()

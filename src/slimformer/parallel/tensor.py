@@ -24,7 +24,17 @@ from .. import io
 from ..errors import SlimformerError
 from ..models.attention import Attention
 from ..models.blocks import MLP
-from .common import batch_for, check_positive, family, loss_fn, max_param_diff, output_of, timed
+from .common import (
+    batch_for,
+    check_positive,
+    family,
+    loss_fn,
+    max_param_diff,
+    output_of,
+    refuse_token_reduction,
+    timed,
+    trainable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,11 @@ def tp_plan(model: nn.Module) -> dict[str, ParallelStyle]:
 def validate_tp(model: nn.Module, degree: int) -> None:
     """Refuse, before any process starts, what cannot be split `degree` ways, stating rule and numbers."""
     check_positive("--nproc (tensor-parallel degree)", degree)
+    refuse_token_reduction(model, "tensor parallel")
+    if not trainable(model):
+        raise SlimformerError("tensor parallel shards plain float32 weights; this model has quantized or bf16 "
+                              "weights (an int8 / bf16 recipe): serve it with `slimformer parallel serve`, or "
+                              "parallelize the float model and quantize per rank")
     plan = tp_plan(model)
     modules = dict(model.named_modules())
     for name in plan:
