@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def distributed(a: argparse.Namespace, vit: str) -> dict:
 def markdown(report: dict, env: dict) -> str:
     lines = ["# Parallel computation (CPU)", "",
              f"{env['cpu']}, {env['cores']} cores, torch {env['versions'].get('torch')}; all numbers from one run "
-             f"of `benchmarks/parallel.py{' --tiny' if report['tiny'] else ''}`; fp32.", "",
+             f"of `benchmarks/parallel.py{' --tiny' if report['tiny'] else ''}`; fp32. Load average (1 min) "
+             f"{report['load_average_start'][0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end "
+             "(the cores are shared: other jobs may run beside an untimed phase).", "",
              "## Serving (items/s; latency per request for the server, per batch call for a single process)", "",
              "| model | variant | items/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for s in report["serving"]:
@@ -145,12 +148,13 @@ def main() -> None:
         a.microbatches, a.ddp_batch, a.ddp_steps, a.text_models = [2, 4, 8], 32, 25, ["encoder-small"]
     vit = "vit-tiny" if a.tiny else digits_model()
     env = environment()
-    report = {"tiny": a.tiny, "serving": [], "distributed": {}}
+    report = {"tiny": a.tiny, "load_average_start": os.getloadavg(), "serving": [], "distributed": {}}
     for ref, seq in [*((m, a.seq_len) for m in a.text_models), (vit, 0)]:
         t0 = time.time()
         report["serving"].append(serving(ref, seq, a))
         log.info("serving %s done in %.0f s", ref, time.time() - t0)
     report["distributed"] = distributed(a, vit)
+    report["load_average_end"] = os.getloadavg()
     a.out_dir.mkdir(parents=True, exist_ok=True)
     name = "parallel-tiny" if a.tiny else "parallel"
     atomic.write_text(a.out_dir / f"{name}.json", json.dumps({"env": env, "results": [report]}, indent=2))
