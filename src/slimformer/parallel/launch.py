@@ -173,7 +173,11 @@ def launch(job: str, spec: dict[str, Any], config: LaunchConfig) -> dict[str, An
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         first_dead: dict[int, float] = {}
-        problem = watch(proc, run_dir, config, start, first_dead)
+        try:
+            problem = watch(proc, run_dir, config, start, first_dead)
+        except BaseException:  # Ctrl-C or any error here: take the whole job down before leaving
+            kill_all(proc, [b["pid"] for b in read_beats(run_dir).values() if "pid" in b])
+            raise
         pids = [b["pid"] for b in read_beats(run_dir).values() if "pid" in b]
         if problem is not None or proc.poll() is None:
             kill_all(proc, pids)
