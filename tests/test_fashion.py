@@ -122,3 +122,25 @@ def test_task_on_subset_learns_and_resumes(tmp_path, monkeypatch):
     resumed = fashion.train(out=tmp_path / "resumed", epochs=2, subset=512, batch=64)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_benchmark_tiny_runs_and_reports(tmp_path):
+    """benchmarks/fashion.py end to end on a model trained in seconds: records, ratios and verdicts."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "fashion.py"
+    spec = importlib.util.spec_from_file_location("bench_fashion", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = bench.tiny_model(tmp_path / "m")
+    report = bench.run(model, tiny=True, threads=1, batch=16, rounds=2, baselines=[],
+                       recipes=["tome:r=8", "no-such-step"])
+    names = [r["name"] for r in report["results"]]
+    assert names == ["fp32", "tome:r=8"] and "no-such-step" in report["skipped"]
+    fp32, tome = report["results"]
+    assert fp32["speedup"] == 1.0 and tome["speedup"] > 0 and fp32["drop_points"] == 0.0
+    assert 0.0 <= tome["metrics"]["accuracy"] <= 1.0 and tome["latency_ms"]["p50"] > 0
+    assert report["acceptance"]["tome_int8"] is None and not report["acceptance"]["fp32_pass"]
+    text = bench.markdown(report, {"versions": {"torch": "x"}, "cpu": "y"})
+    assert "| tome:r=8 |" in text and "skipped `no-such-step`" in text
