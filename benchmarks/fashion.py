@@ -150,17 +150,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--baselines", default="ort", help="comma-separated external baselines ('' for none)")
+    parser.add_argument("--recipe", action="append", help="measure this recipe (repeatable; default: the set above)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for fashion.json and fashion.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     baselines = [b for b in args.baselines.split(",") if b]
     if args.tiny:
         with tempfile.TemporaryDirectory(prefix="fashion-tiny-") as tmp:
-            report = run(tiny_model(Path(tmp) / "m"), True, args.threads, 16, 2, baselines)
+            report = run(tiny_model(Path(tmp) / "m"), True, args.threads, 16, 2, baselines, args.recipe)
     else:
         if not (args.model / io.META).exists():
             raise SystemExit(f"{args.model}: no trained model; run `slimformer train fashion --out {args.model}`")
-        report = run(args.model, False, args.threads, args.batch, args.rounds, baselines)
+        report = run(args.model, False, args.threads, args.batch, args.rounds, baselines, args.recipe)
     env = environment()
     args.out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(args.out / "fashion.json", json.dumps({"env": env, **report}, indent=2))
