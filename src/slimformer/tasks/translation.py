@@ -59,14 +59,14 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     return tok
 
 
-def tokenizer():
+def tokenizer(data_dir: str | Path | None = None):
     """The task's tokenizer, trained once on the training books and cached (deterministic)."""
     from tokenizers import Tokenizer
 
     path = paths.cache_dir() / TOKENIZER_CACHE
     if path.exists():
         return Tokenizer.from_file(str(path))
-    train = bible.split_pairs()["train"]
+    train = bible.split_pairs(bible.load_pairs(data_dir))["train"]
     tok = train_tokenizer([p.en for p in train] + [p.es for p in train])
     atomic.write_text(path, tok.to_str())
     return tok
@@ -127,10 +127,11 @@ def translate(model: Seq2Seq, tok, texts: list[str], beam: int = 1, batch: int =
 
 # --- data ---------------------------------------------------------------------------------------------
 
-def encoded_split(split: str, tok, max_len: int, limit: int | None = None) -> list[tuple[list[int], list[int]]]:
+def encoded_split(split: str, tok, max_len: int, limit: int | None = None,
+                  data_dir: str | Path | None = None) -> list[tuple[list[int], list[int]]]:
     """(source ids + EOS, target ids) for the (first `limit`) pairs of `split` that fit `max_len` positions
     on both sides."""
-    pairs = bible.split_pairs()[split][:limit]
+    pairs = bible.split_pairs(bible.load_pairs(data_dir))[split][:limit]
     eos = tok.token_to_id("</s>")
     src = tok.encode_batch([p.en for p in pairs], add_special_tokens=False)
     tgt = tok.encode_batch([p.es for p in pairs], add_special_tokens=False)
@@ -206,22 +207,23 @@ def lr_at(progress: float, step: int, peak: float, warmup_steps: int) -> float:
 def train(out: str | Path | None = None, epochs: int = 100, seed: int = 0, minutes: float = 40.0,
           lr: float = 2.5e-3, max_tokens: int = 1500, label_smoothing: float = 0.1,
           config: Seq2SeqConfig | None = None, limit: int | None = None, checkpoint_minutes: float = 5.0,
-          warmup_steps: int = 100, tok=None) -> nn.Module:
+          warmup_steps: int = 100, tok=None, data_dir: str | Path | None = None) -> nn.Module:
     """Train the Seq2Seq translator from scratch on the training books for `minutes` of wall time
     (or `epochs`, whichever ends first).
 
     The learning-rate schedule follows elapsed time, not steps, so the run decays properly and ends on
     time whatever the CPU's speed or load. A model dir (with tokenizer.json) is written atomically every
     `checkpoint_minutes` and at the end: stopping the run keeps the last checkpoint. `limit` trains on
-    the first N pairs only and `tok` replaces the task's tokenizer (smoke tests).
+    the first N pairs only and `tok` replaces the task's tokenizer (smoke tests). `data_dir`: a SWORD
+    data path instead of the Debian packages' (see `data.bible.load_pairs`).
     """
     if minutes <= 0 or epochs < 1:
         raise SlimformerError(f"minutes must be > 0 and epochs >= 1, got {minutes} and {epochs}")
     config = config or MODEL_CONFIG
-    tok = tok or tokenizer()
+    tok = tok or tokenizer(data_dir)
     if tok.get_vocab_size() != config.vocab_size:
         raise SlimformerError(f"config vocab_size {config.vocab_size} != tokenizer's {tok.get_vocab_size()}")
-    data = encoded_split("train", tok, config.max_len, limit)
+    data = encoded_split("train", tok, config.max_len, limit, data_dir)
     torch.manual_seed(seed)
     model = build_model("seq2seq", config)
     init_weights(model)
@@ -280,13 +282,15 @@ def train(out: str | Path | None = None, epochs: int = 100, seed: int = 0, minut
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: str = "test", beam: int = 1, limit: int | None = None,
-             tok=None) -> dict[str, float]:
+             tok=None, data_dir: str | Path | None = None) -> dict[str, float]:
     """sacrebleu BLEU and chrF of the model's translations of the held-out `split` books."""
     import sacrebleu
 
-    tok = tok or tokenizer()
+    tok = tok or tokenizer(data_dir)
     check_tokenizer(model, tok)
-    pairs = bible.split_pairs()[split][:limit]
+    if split not in ("train", "dev", "test"):
+        raise SlimformerError(f"split must be train, dev or test, got {split!r}")
+    pairs = bible.split_pairs(bible.load_pairs(data_dir))[split][:limit]
     hyps = translate(model, tok, [p.en for p in pairs], beam=beam)
     refs = [p.es for p in pairs]
     return {"bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
