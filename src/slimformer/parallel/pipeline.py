@@ -90,7 +90,8 @@ class Stage(nn.Module):
     def __init__(self, model: nn.Module, lo: int, hi: int, first: bool, last: bool):
         super().__init__()
         self.family, self.first, self.last = family(model), first, last
-        self._embed = [model.embed] if first and self.family != "decoder" else None
+        # the unbound method, not `model.embed`: a bound one would keep the whole model alive on every rank
+        self._embed_fn = type(model).embed if self.family != "decoder" else None
         for name in (FIRST[self.family] if first else ()) + (LAST[self.family] if last else ()):
             part = getattr(model, name)
             if isinstance(part, nn.Parameter):
@@ -102,19 +103,27 @@ class Stage(nn.Module):
         self.n_tokens = model.config.n_patches + 1 if self.family == "vit" else None
         self.tied_shape = tuple(model.tok_emb.weight.shape) if self.family == "decoder" else None
 
+    def embed(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The model's own embedding code run on this stage's copies of its embedding modules."""
+        if self.family == "decoder":
+            pos = torch.arange(x.shape[1], device=x.device)
+            return self.drop(self.tok_emb(x) + self.pos_emb(pos)), None
+        bias = padding_bias(mask, torch.float32) if self.family == "encoder" else None
+        return self._embed_fn(self, x), bias  # ViT.embed / Encoder.embed with self = this stage
+
     def forward(self, x: Tensor, extra: Tensor | None = None):
+        """First stage: the model's inputs (images `[B, C, H, W]`; tokens `[B, T]`, plus a mask `[B, T]`
+        for an Encoder). Later stages: hidden states `[B, T, d]` (plus the Encoder's bias). The last
+        stage returns the model's output; the others what the next stage takes."""
         if self.first:
-            if self.family == "decoder":
-                pos = torch.arange(x.shape[1], device=x.device)
-                x = self.drop(self.tok_emb(x) + self.pos_emb(pos))
-            elif self.family == "encoder":
-                extra = padding_bias(extra, torch.float32)
-                x = self._embed[0](x)
-            else:
-                x = self._embed[0](x)
+            x, extra = self.embed(x, extra)
         for block in self.blocks.values():
-            x = block(x, extra) if self.family == "encoder" else (block(x)[0] if self.family == "decoder"
-                                                                   else block(x))
+            if self.family == "encoder":
+                x = block(x, extra)
+            elif self.family == "decoder":
+                x, _ = block(x)
+            else:
+                x = block(x)
         if self.last:
             x = self.norm(x)
             if self.family == "vit":
