@@ -40,6 +40,9 @@ class Int8Options:
     compile: bool = False
     # fnmatch patterns of Linear module names to leave in float (e.g. "head" for a classifier head)
     skip: list[str] = field(default_factory=list)
+    # also store nn.Embedding tables as int8 (per-row scale, dequantized row by row on lookup): half of
+    # MiniLM's parameters are its word embeddings, so without this the file cannot shrink below ~0.6x
+    embeddings: bool = True
 
 
 @dataclass
@@ -103,18 +106,22 @@ class Int8Linear(nn.Module):
     def _onednn_forward(self, x: Tensor) -> Tensor:
         """The oneDNN int8 GEMM that inductor lowers torchao's int8 linear to, called eagerly.
 
-        Activations are quantized per token, symmetric, exactly as torchao does (scale = max|x| / 127);
-        oneDNN gets a unit activation scale and the per-token scale is applied to its fp32 output.
+        Activations are quantized per token, symmetric, as torchao does (scale = max|x| / 127), then
+        shifted by +128 to uint8 with zero point 128: oneDNN's VNNI kernels take u8 x s8 (an s8 x s8
+        call falls back to a reference kernel ~1000x slower on a CPU without AMX), and it subtracts the
+        zero point's contribution exactly. oneDNN gets a unit activation scale; the per-token scale is
+        applied to its fp32 output.
         """
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight.qdata, None)
+            self._w_scale = self.weight.scale.reshape(-1).float().contiguous()
+            self._one, self._zp = torch.ones((), dtype=torch.float32), torch.full((), 128, dtype=torch.int64)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).float()
         scale = x2.abs().amax(dim=-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).eps).div_(127.0)
-        q = torch.round(x2 / scale).clamp_(-128, 127).to(torch.int8)
+        q = (x2 / scale).round_().add_(128).clamp_(0, 255).to(torch.uint8)
         y = torch.ops.onednn.qlinear_pointwise.tensor(
-            q, torch.ones((), dtype=torch.float32), None, self._packed, self.weight.scale.reshape(-1).float(),
-            None, None, 1.0, 0, torch.float32, "none", [], "")
+            q, self._one, self._zp, self._packed, self._w_scale, None, None, 1.0, 0, torch.float32, "none", [], "")
         y = y.mul_(scale)
         if self.bias is not None:
             y = y.add_(self.bias)
@@ -154,6 +161,35 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         kind = "int8 x int8 (dynamic)" if self.dynamic else "int8 weight-only"
         return f"in_features={self.in_features}, out_features={self.out_features}, {kind}"
+
+
+class Int8Embedding(nn.Module):
+    """Embedding table stored as int8 rows with one fp32 scale per row (torchao weight-only int8,
+    per row). A lookup gathers int8 rows and scales them: ids [...] -> [..., dim] float.
+    Saved as plain `weight_int8` [num, dim] int8 + `weight_scale` [num] fp32."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32))
+        self.dtype = dtype
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding) -> Int8Embedding:
+        q = _quantized_weight(emb.weight.detach(), dynamic=False)
+        out = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, emb.weight.dtype)
+        out.weight_int8.copy_(q.qdata)
+        out.weight_scale.copy_(q.scale.reshape(-1))
+        return out
+
+    def forward(self, ids: Tensor) -> Tensor:
+        rows = F.embedding(ids, self.weight_int8).to(self.dtype)
+        return rows * self.weight_scale[ids].unsqueeze(-1).to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
 
 
 def _quantized_weight(weight: Tensor, dynamic: bool) -> Tensor:
@@ -203,6 +239,11 @@ def _apply_int8(dynamic: bool):
                                   f"(skip={opts.skip})")
         ctx.state["modules"] = names
         log.info("quantizing %d Linear layers to int8 (%s)", len(names), "dynamic" if dynamic else "weight-only")
+        if opts.embeddings:
+            embs = [n for n, m in model.named_modules() if type(m) is nn.Embedding]
+            ctx.state["embeddings"] = embs
+            for name in embs:
+                _swap(model, name, Int8Embedding.from_embedding(model.get_submodule(name)))
         return _quantize(model, opts, dynamic, names)
     return apply
 
@@ -221,6 +262,12 @@ def _restore_int8(dynamic: bool):
                 raise SlimformerError(f"step int8: module {name!r} is a {type(linear).__name__}, expected nn.Linear")
             _swap(model, name, Int8Linear(linear.in_features, linear.out_features, linear.bias is not None,
                                           dynamic, linear.weight.dtype))
+        for name in state.get("embeddings") or []:
+            emb = model.get_submodule(name)
+            if not isinstance(emb, nn.Embedding):
+                raise SlimformerError(f"step int8: module {name!r} is a {type(emb).__name__}, expected nn.Embedding")
+            _swap(model, name, Int8Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx,
+                                             emb.weight.dtype))
         return _compile(model) if opts.compile else model
     return restore
 
