@@ -151,7 +151,8 @@ def torchao_baseline(model: nn.Module, workdir: Path) -> Baseline:
     torch.save(q.state_dict(), path)
 
     def run(*a: Tensor, **kw: Tensor) -> Tensor:
-        return first_output(q(*a, **kw)).float()
+        with torch.no_grad():
+            return first_output(q(*a, **kw)).float()
     return Baseline("torchao-int8", "int8", _mb(path), run)
 
 

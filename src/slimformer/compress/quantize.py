@@ -106,7 +106,7 @@ class Int8Linear(nn.Module):
     def _onednn_forward(self, x: Tensor) -> Tensor:
         """The oneDNN int8 GEMM that inductor lowers torchao's int8 linear to, called eagerly.
 
-        Activations are quantized per token, symmetric, as torchao does (scale = max|x| / 127), then
+        Activations are quantized per token, symmetric, as torchao does (scale = max|x| / 127.5), then
         shifted by +128 to uint8 with zero point 128: oneDNN's VNNI kernels take u8 x s8 (an s8 x s8
         call falls back to a reference kernel ~1000x slower on a CPU without AMX), and it subtracts the
         zero point's contribution exactly. oneDNN gets a unit activation scale; the per-token scale is
@@ -118,8 +118,9 @@ class Int8Linear(nn.Module):
             self._one, self._zp = torch.ones((), dtype=torch.float32), torch.full((), 128, dtype=torch.int64)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).float()
-        scale = x2.abs().amax(dim=-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).eps).div_(127.0)
-        q = (x2 / scale).round_().add_(128).clamp_(0, 255).to(torch.uint8)
+        # torchao's symmetric int8 scale: max|x| / ((127 - (-128)) / 2), at least fp32 eps
+        scale = x2.abs().amax(dim=-1, keepdim=True).div_(127.5).clamp_(min=torch.finfo(torch.float32).eps)
+        q = (x2 * scale.reciprocal()).round_().clamp_(-128, 127).add_(128).to(torch.uint8)
         y = torch.ops.onednn.qlinear_pointwise.tensor(
             q, self._one, self._zp, self._packed, self._w_scale, None, None, 1.0, 0, torch.float32, "none", [], "")
         y = y.mul_(scale)
