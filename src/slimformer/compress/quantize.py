@@ -7,15 +7,25 @@ weights, per token for activations) and swaps in `Int8Linear`, a tiny runtime mo
 torchao's `Int8Tensor`. Its state dict holds plain tensors only (`weight_int8` [out, in] int8 and
 `weight_scale` [out] fp32, plus the float bias), so a saved model dir is plain safetensors; `restore`
 swaps the same modules back in on a fresh skeleton and loading rewraps the tensors, so `load_model(dir)`
-reproduces the in-memory quantized model's outputs exactly.
+reproduces the in-memory quantized model's outputs exactly. With `embeddings: true` (the default) the
+`nn.Embedding` tables are stored as int8 rows too (`Int8Embedding`, torchao weight-only int8 per row):
+half of MiniLM's weights are its word embeddings.
 
-Speed on CPU (see benchmarks/results/compress.md). torchao's eager int8 matmul goes through
-`torch._int_mm`, which on a CPU without AMX is slower than the fp32 matmul it replaces. Under
-`torch.compile` with freezing, inductor pattern-matches torchao's int8 linear and lowers it to oneDNN's
-int8 GEMM (`onednn.qlinear_pointwise`, VNNI). The eager forward calls that same oneDNN op directly, on
-the same torchao-quantized weight, so `int8` is fast without a compile; `compile: true` additionally
-fuses the elementwise work around it (activation quantization, GELU, LayerNorm) at a one-off compile
-cost of tens of seconds per input shape.
+Speed on CPU (measured on an AMD EPYC with AVX512-VNNI + BF16, no AMX; see benchmarks/results/compress.md):
+- torchao's eager int8 matmul goes through `torch._int_mm` (u8 x s8 on VNNI), ~0.7x the fp32 matmul
+  at MiniLM's shapes, and the whole torchao-int8 model is slower than fp32 because of the dispatch and
+  quantization ops around it. oneDNN's int8 GEMM (`onednn.qlinear_pointwise`, what inductor lowers
+  torchao's int8 linear to under `torch.compile` with freezing) takes ~0.34x the fp32 matmul including
+  per-token activation quantization, so `Int8Linear`'s eager forward calls it directly on the same
+  torchao-quantized weight. Its activations must be uint8: an s8 x s8 call falls back to a reference
+  kernel ~1000x slower on this CPU.
+- Weight-only int8 has no fast CPU kernel here (`_weight_int8pack_mm` is a reference loop; torchao
+  dequantizes then runs the fp32 matmul): `int8-weight` is a size step (4x smaller Linears), not a
+  speed step.
+- bf16 runs AVX512-BF16 GEMMs, ~0.43x the fp32 matmul; the whole model ~0.7x (attention, norms and
+  elementwise work gain less).
+- `compile: true` (torch.compile, inductor, freezing) fuses the elementwise work around the GEMMs, at a
+  one-off compile cost of tens of seconds to minutes per input shape on 2 cores.
 """
 
 from __future__ import annotations
