@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, help="search output dir (default: runs/search-<target>)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write search_<target>.{json,md}")
     parser.add_argument("--budget", type=float, default=600, help="seconds of exploring before the final run")
+    parser.add_argument("--skip", default="", help="step families to leave out, comma-separated")
     parser.add_argument("--tiny", action="store_true", help="one family, tiny batch, no baselines: a smoke test")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     # exploring stops after budget_s; the final measurement (~3 min for MiniLM) comes on top
     cfg = SearchConfig(model=model, task=task, max_drop=args.max_drop, out=work, batch=batch,
                        threads=args.threads, baselines=["ort", "torchao"], budget_s=args.budget)
+    if args.skip:
+        from slimformer.compress.registry import all_steps
+
+        cfg.steps = sorted(set(all_steps()) - {s.strip() for s in args.skip.split(",")})
     if args.tiny:
         cfg.batch, cfg.steps, cfg.baselines, cfg.distill, cfg.final_rounds, cfg.quick_seconds = (
             8, ["tome"], [], False, 2, 0.2)

@@ -110,6 +110,7 @@ def evaluate(
 def demo(
     threads: int = typer.Option(2, help="intra-op threads for the benchmark"),
     retrain: bool = typer.Option(False, help="train again even if a cached model exists"),
+    search: bool = typer.Option(False, help="run `slimformer search` first (minutes) instead of its cached pick"),
 ) -> None:
     """The main job on the built-in default: train (or reuse) the digits ViT, compress it, evaluate and
     benchmark every variant, and print them side by side.
@@ -118,4 +119,4 @@ def demo(
     """
     from ..demo import run_demo
 
-    run_demo(threads=threads, retrain=retrain)
+    run_demo(threads=threads, retrain=retrain, search=search)
