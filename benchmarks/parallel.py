@@ -39,20 +39,21 @@ def digits_model() -> str:
     return str(path) if path.exists() else "vit-tiny"
 
 
-def single_process(ref: str, batch: int, seq_len: int, threads: int, repeats: int) -> dict:
+def single_process(ref: str, batch: int, seq_len: int, threads: int, repeats: int, warmup_s: float) -> dict:
     """The model called directly in this process at `batch` items per call."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = io.load(ref).eval()
     args, _ = example_inputs(model, batch=batch, seq_len=seq_len)
-    t = measure(lambda: output_of(model, args), batch=batch, repeats=repeats, warmup_seconds=2)
+    t = measure(lambda: output_of(model, args), batch=batch, repeats=repeats, warmup_seconds=warmup_s)
     return {"throughput": t.throughput, "p50_ms": t.p50_ms, "p99_ms": t.p99_ms, "batch": batch}
 
 
 def serving(ref: str, seq_len: int, a: argparse.Namespace) -> dict:
     out = {"model": ref, "seq_len": seq_len}
     for threads in (1, 2):
-        out[f"single_1x{threads}"] = single_process(ref, a.max_batch, seq_len, threads, a.repeats)
+        out[f"single_1x{threads}"] = single_process(ref, a.max_batch, seq_len, threads, a.repeats,
+                                                    min(2.0, a.duration / 4))
     torch.set_num_threads(1)
     for n, t in ((1, 1), (2, 1), (1, 2)):
         cfg = ServeConfig(nproc=n, threads=t, max_batch=a.max_batch, max_wait_ms=5.0, queue_size=256)
@@ -141,7 +142,7 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.tiny:  # the digits ViT only, one microbatch count, a few steps
-        a.duration, a.repeats, a.max_batch, a.seq_len, a.pp_batch = 1.0, 2, 4, 16, 4
+        a.duration, a.repeats, a.max_batch, a.seq_len, a.pp_batch = 0.5, 2, 4, 16, 4
         a.microbatches, a.ddp_batch, a.ddp_steps, a.text_models = [2], 8, 5, []
     else:
         a.duration, a.repeats, a.max_batch, a.seq_len, a.pp_batch = 8.0, 10, 16, 128, 16
