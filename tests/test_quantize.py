@@ -92,6 +92,8 @@ def test_eager_onednn_path_matches_torchao():
     assert fast.shape == ao.shape == (5, 7, 48)
     assert float((fast - ao).norm() / ao.norm()) < 5e-3
     assert float((fast - ref).norm() / ref.norm()) < 0.03
+    with torch.inference_mode():  # a copy made after the first call (prepacked weight cached) still works
+        assert torch.equal(copy.deepcopy(q)(x), fast)
 
 
 def test_skip_leaves_layers_in_float():

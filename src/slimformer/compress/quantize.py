@@ -138,6 +138,12 @@ class Int8Linear(nn.Module):
             y = y.add_(self.bias)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
+    def __getstate__(self) -> dict:
+        # the prepacked weight is an opaque oneDNN tensor that cannot be copied or pickled: rebuild it
+        state = dict(self.__dict__)
+        state["_packed"] = None
+        return state
+
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         # plain tensors only, so the dir is plain safetensors (io.plain_state_dict refuses subclasses)
         destination[prefix + "weight_int8"] = self.weight.qdata
