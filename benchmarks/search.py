@@ -72,7 +72,8 @@ def write_markdown(path: Path, name: str, cmd: str, work: Path, summary: dict) -
              + (f", {summary['vs_ort-int8']:.3f}x ONNX Runtime int8" if "vs_ort-int8" in summary else ""),
              f"- search wall time: {summary['seconds']:.0f} s",
              "- checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in summary["checks"].items()),
-             "", report.split("\n", 2)[2].replace("](pareto.png)", f"]({work / 'pareto.png'})")]
+             "", report.split("\n", 2)[2].replace("](pareto.png)", f"]({path.stem}.png)")]
+    atomic.write_bytes(path.with_suffix(".png"), (work / "pareto.png").read_bytes())
     atomic.write_text(path, "\n".join(lines))
 
 

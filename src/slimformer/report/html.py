@@ -11,7 +11,8 @@ CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th { background: #f0f0f0; } td.l { text-align: left; font-family: monospace; }
+th { background: #f0f0f0; } td.l { text-align: left; font-family: monospace; max-width: 260px;
+  word-break: break-all; }
 tr.baseline td { background: #f7f7f7; color: #555; } tr.ref td { font-weight: bold; }
 .best { background: #eaf6ea; border: 1px solid #9c9; padding: 0.6em 1em; display: inline-block; }
 .env { color: #555; font-size: 13px; } img { max-width: 100%; border: 1px solid #ddd; }

@@ -22,7 +22,7 @@ def pareto_png(runs: list[Run], metric: str | None, floor: float | None = None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(10.5, 5.5), dpi=110)
     ylabel = metric or "size on disk (MB, lower is better)"
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -71,7 +71,7 @@ def pareto_png(runs: list[Run], metric: str | None, floor: float | None = None) 
     ax.set_ylabel(ylabel)
     ax.set_title("metric vs latency: Pareto front and baselines")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
