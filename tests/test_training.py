@@ -36,3 +36,11 @@ def test_trained_model_round_trip(digits_model_dir):
     assert torch.equal(model(x), again(x))
     assert io.read_meta(digits_model_dir)["task"] == "digits"
     assert 0.0 <= digits.evaluate(model)["accuracy"] <= 1.0
+
+
+def test_data_first_loaded_in_inference_mode_still_trains(monkeypatch):
+    monkeypatch.setattr(digits, "_CACHE", None)
+    with torch.inference_mode():
+        data = digits.load_data()
+    model = torch.nn.Linear(256, 10)
+    model(data.x_train[:4].flatten(1)).sum().backward()  # would raise on inference tensors

@@ -37,19 +37,23 @@ def load_data() -> DigitsData:
     """The fixed train/test split, upsampled and normalized with the training set's statistics."""
     global _CACHE
     if _CACHE is None:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        digits = load_digits()
-        x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-        y = torch.tensor(digits.target, dtype=torch.long)
-        idx_train, idx_test = train_test_split(range(len(y)), test_size=0.2, random_state=0,
-                                               stratify=digits.target)
-        x = resize(x, IMAGE_SIZE)
-        mean, std = x[idx_train].mean(), x[idx_train].std()
-        x = (x - mean) / std
-        _CACHE = DigitsData(x[idx_train], y[idx_train], x[idx_test], y[idx_test])
+        with torch.inference_mode(False):  # cached tensors must stay usable for training later
+            _CACHE = _build_split()
     return _CACHE
+
+
+def _build_split() -> DigitsData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(range(len(y)), test_size=0.2, random_state=0, stratify=digits.target)
+    x = resize(x, IMAGE_SIZE)
+    mean, std = x[idx_train].mean(), x[idx_train].std()
+    x = (x - mean) / std
+    return DigitsData(x[idx_train], y[idx_train], x[idx_test], y[idx_test])
 
 
 def train_batches(data: DigitsData, batch: int, seed: int):
