@@ -68,7 +68,21 @@ def compress(model_ref: str | Path, recipe: str | Path, out: str | Path, task: s
     model = io.load(model_ref)
     model, record = compress_model(model, steps, task, recipe_of(model_ref))
     extra = {"task": task} if task else {}
-    return io.save_model(model, out, recipe=record, extra=extra)
+    return io.save_model(model, out, recipe=record, extra=extra, files=tokenizer_files(model_ref))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt")
+
+
+def tokenizer_files(model_ref: str | Path) -> dict[str, Path]:
+    """Tokenizer files of the source model, so a compressed text model stays usable on its own."""
+    from .models.hf import minilm_dir
+
+    source = minilm_dir() if str(model_ref) == "minilm" else Path(str(model_ref))
+    if not source.is_dir():
+        return {}
+    return {name: source / name for name in TOKENIZER_FILES if (source / name).is_file()}
 
 
 def evaluate(model_ref: str | Path | nn.Module, task: str, recipe: str | Path | None = None,
