@@ -78,6 +78,8 @@ def run_demo(threads: int = 2, retrain: bool = False, search: bool = False) -> l
     from .report import write_report
 
     console = Console()
+    if not console.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
+        console = Console(width=160)
     torch.set_num_threads(threads)
     base, path = cached_digits_model(retrain)
     recipe, source = best_recipe(path, search, threads, console)
