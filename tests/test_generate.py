@@ -26,6 +26,16 @@ def random_sources(n: int, vocab: int, max_len: int, seed: int) -> list[list[int
     return [torch.randint(3, vocab, (k,), generator=g).tolist() for k in lengths]
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Toy sizes gain nothing from a second thread, and on a shared machine a descheduled OpenMP thread
+    stalls every tiny op at its barrier (measured: 0.3 s -> 37 s for the batched test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def setup():
     model = tiny()

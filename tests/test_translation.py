@@ -16,6 +16,16 @@ from slimformer.tasks import translation as T
 ROOT = Path(__file__).resolve().parents[1]
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Toy sizes gain nothing from a second thread, and on a shared machine a descheduled OpenMP thread
+    stalls every tiny op at its barrier (measured: 0.3 s -> 37 s for the batched test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def small(bible_pairs):
     """A 600-token tokenizer trained on 400 real training pairs."""
