@@ -130,7 +130,8 @@ def markdown(report: dict, env: dict) -> str:
                      f"{r['inference']['throughput']:.1f} | {r['train']['throughput']:.1f} | "
                      f"{r['train_bubble_measured']:.2f} | {r['train_bubble_theory']:.2f} |")
     lines += ["", "Bubble measured = 1 - m·t/T: t = the slowest stage's time for one microbatch alone, T = the "
-                  "pipelined step; it includes communication, so it is at least the theory when stages are equal.",
+                  "pipelined step; it includes communication. t is the best of 3 isolated runs and the stages are not "
+                  "exactly equal, so single rows are noisy (some fall below the theory).",
               ""]
     return "\n".join(lines)
 
