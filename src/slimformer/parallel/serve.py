@@ -129,6 +129,7 @@ class Server:
         self._lock = threading.Lock()
         self._next_id = 0
         self._stop = threading.Event()
+        self._shutdown_lock = threading.Lock()  # the monitor and close() may both shut down: one at a time
         self._closing = False  # set before workers are told to exit, so their exit is not a fault
 
     def __enter__(self) -> Server:
@@ -230,6 +231,11 @@ class Server:
             raise JobFailed(f"{self.error}; {self.counts['lost']} accepted request(s) lost")
 
     def _shutdown(self, graceful: bool) -> None:
+        with self._shutdown_lock:
+            if not self._stop.is_set():
+                self._stop_workers(graceful)
+
+    def _stop_workers(self, graceful: bool) -> None:
         self._closing = True
         if graceful and not self.error:
             for _ in self.procs:
@@ -250,11 +256,10 @@ class Server:
 
     def close(self) -> None:
         """Stop the workers (after the queued requests when healthy) and account for every request."""
-        if not self._stop.is_set():
-            if not self.error:
-                with contextlib.suppress(JobFailed):
-                    self.drain(timeout=60.0)
-            self._shutdown(graceful=True)
+        if not self._stop.is_set() and not self.error:
+            with contextlib.suppress(JobFailed):
+                self.drain(timeout=60.0)
+        self._shutdown(graceful=True)  # waits for a shutdown the monitor may have started
         for q in (self.requests, self.results):
             q.cancel_join_thread()
             q.close()
