@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:  # the user's environment: permission denied, disk full, not a directory
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (KeyboardInterrupt, click.Abort, typer.Abort):
+    except (KeyboardInterrupt, getattr(click, "Abort", typer.Abort), typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)
