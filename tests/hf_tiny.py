@@ -1,20 +1,9 @@
 """Helpers for the compression tests: tiny randomly initialized Hugging Face models (BERT, ViT), their
-inputs, and a one-thread fixture."""
+inputs (the one-thread fixture lives in conftest.py)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test models are tiny: one thread is fastest, and stays fast when other jobs share the cores
-    (two threads on a busy machine made a training step 50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_bert():

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_tiny import bert_inputs, one_thread, tiny_bert  # noqa: F401 (fixture)
+from hf_tiny import bert_inputs, tiny_bert
 
 from slimformer.bench.baselines import build_baselines, first_output
 from slimformer.errors import SlimformerError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ort_and_torchao_baselines(tmp_path):

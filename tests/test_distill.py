@@ -6,7 +6,6 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_tiny import one_thread  # noqa: F401
 
 from slimformer import api, io
 from slimformer.api import compress_model
@@ -14,6 +13,8 @@ from slimformer.compress import distill as distill_mod
 from slimformer.compress.distill import embedding_loss, kd_loss, mean_pool
 from slimformer.errors import SlimformerError
 from slimformer.models import EncoderConfig, ViTConfig, build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit():

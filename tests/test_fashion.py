@@ -10,14 +10,8 @@ from slimformer.data import fashion as data
 from slimformer.errors import SlimformerError
 from slimformer.tasks import checkpoint, fashion
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on one thread: two threads on a busy 2-core box spend most of their time waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_loader_parses_real_files():

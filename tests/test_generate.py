@@ -9,6 +9,8 @@ from slimformer.errors import SlimformerError
 from slimformer.generate import beam_search, greedy, pad_batch
 from slimformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def tiny(vocab: int = 40, max_len: int = 16, seed: int = 0) -> Seq2Seq:
     torch.manual_seed(seed)
@@ -25,16 +27,6 @@ def random_sources(n: int, vocab: int, max_len: int, seed: int) -> list[list[int
     lengths = torch.randint(1, max_len + 1, (n,), generator=g).tolist()
     return [torch.randint(3, vocab, (k,), generator=g).tolist() for k in lengths]
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Toy sizes gain nothing from a second thread, and on a shared machine a descheduled OpenMP thread
-    stalls every tiny op at its barrier (measured: 0.3 s -> 37 s for the batched test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def setup():

@@ -3,13 +3,15 @@ factorized model is smaller, and a factorized model dir reloads identically."""
 
 import pytest
 import torch
-from hf_tiny import bert_inputs, one_thread, tiny_bert  # noqa: F401
+from hf_tiny import bert_inputs, tiny_bert
 
 from slimformer import io
 from slimformer.api import compress_model
 from slimformer.compress.lowrank import LowRankLinear, rank_for_energy, svd_factors
 from slimformer.errors import SlimformerError
 from slimformer.models import build_builtin
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model) -> int:

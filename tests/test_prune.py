@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from hf_tiny import bert_inputs, one_thread, tiny_bert, tiny_hf_vit, vit_inputs  # noqa: F401
+from hf_tiny import bert_inputs, tiny_bert, tiny_hf_vit, vit_inputs  # noqa: F401
 
 from slimformer import io
 from slimformer.api import compress_model
@@ -14,6 +14,8 @@ from slimformer.compress.registry import StepContext
 from slimformer.compress.sites import ffn_sites, head_sites
 from slimformer.errors import SlimformerError
 from slimformer.models import build_builtin
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BOTH = "prune-heads:ratio=0.25+prune-ffn:ratio=0.25"
 

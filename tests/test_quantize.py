@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_tiny import bert_inputs, one_thread, tiny_bert, tiny_hf_vit, vit_inputs  # noqa: F401 (fixture)
+from hf_tiny import bert_inputs, tiny_bert, tiny_hf_vit, vit_inputs
 
 from slimformer import io
 from slimformer.api import compress_model
@@ -17,6 +17,8 @@ from slimformer.bench.inputs import example_inputs
 from slimformer.compress.quantize import Int8Embedding, Int8Linear
 from slimformer.compress.recipe import parse_recipe
 from slimformer.errors import SlimformerError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Stated tolerances vs fp32 on fresh random inputs (per-sample cosine of the flattened output, relative
 # L2 error of the whole output). int8 rounds weights and activations to 8 bits: ~1 % error on these

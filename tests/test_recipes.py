@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_tiny import one_thread  # noqa: F401
 
 from slimformer import io
 from slimformer.cli import main
@@ -16,6 +15,8 @@ from slimformer.compress.lowrank import LowRankLinear
 from slimformer.compress.recipe import parse_recipe
 from slimformer.compress.registry import STEPS, Step, all_steps
 from slimformer.errors import SlimformerError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 

@@ -13,18 +13,10 @@ from slimformer.errors import SlimformerError
 from slimformer.generate import greedy, pad_batch
 from slimformer.tasks import translation as T
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Toy sizes gain nothing from a second thread, and on a shared machine a descheduled OpenMP thread
-    stalls every tiny op at its barrier (measured: 0.3 s -> 37 s for the batched test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def small(bible_pairs):
