@@ -44,7 +44,3 @@ def example_inputs(model: nn.Module, batch: int = 8, seq_len: int = 128, seed: i
         return (), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     raise SlimformerError(f"no example inputs for {type(model).__name__}")
 
-
-def items_per_batch(args: tuple, kwargs: dict) -> int:
-    first = args[0] if args else next(iter(kwargs.values()))
-    return int(first.shape[0])

@@ -33,10 +33,6 @@ TASKS: dict[str, TaskInfo] = {
 }
 
 
-def register_task(info: TaskInfo) -> None:
-    TASKS[info.name] = info
-
-
 def get_task(name: str) -> ModuleType:
     if name not in TASKS:
         raise SlimformerError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
