@@ -86,10 +86,28 @@ def test_one_train_step_lowers_the_loss():
 def test_augment_flips_some_images_and_keeps_the_rest():
     d = fashion.load_data()
     x = d.x_train[:64]
-    out = fashion.augment(x, torch.Generator().manual_seed(0))
+    out = fashion.augment(x, torch.Generator().manual_seed(0), shift=0)
     flipped = (out == x.flip(-1)).flatten(1).all(1)
     kept = (out == x).flatten(1).all(1)
     assert (flipped | kept).all() and 10 < int(flipped.sum()) < 54
+
+
+def test_augment_shifts_by_whole_pixels_within_the_limit():
+    """Every augmented image is its original (or mirror) moved by at most 2 pixels, background-filled."""
+    d = fashion.load_data()
+    x = d.x_train[:32]
+    out = fashion.augment(x, torch.Generator().manual_seed(1), shift=2)
+    fill = float(x.min())
+    moved = 0
+    for original, got in zip(x, out, strict=True):
+        matches = []
+        for image in (original, original.flip(-1)):
+            padded = torch.nn.functional.pad(image, (2, 2, 2, 2), value=fill)
+            matches += [(dy, dx) for dy in range(5) for dx in range(5)
+                        if torch.equal(padded[:, dy:dy + 28, dx:dx + 28], got)]
+        assert matches, "output is not a shifted copy of its input"
+        moved += (2, 2) not in matches
+    assert moved > 16  # most images moved (1 in 25 draws no shift)
 
 
 def test_task_on_subset_learns_and_resumes(tmp_path, monkeypatch):

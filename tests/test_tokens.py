@@ -205,3 +205,16 @@ def test_unsupported_model_is_refused():
                                                    d_ff=64))
     with pytest.raises(SlimformerError, match="cannot patch a Decoder"):
         api.compress_model(decoder, "tome:r=2")
+
+
+@pytest.mark.parametrize("r", [2, 7, 12])
+def test_vit_static_merge_path_equals_the_general_path(monkeypatch, r):
+    """The reference ViT takes the static-shape `uniform_merge` (compilable); forcing the general
+    per-row path on the same images gives the same logits."""
+    model = apply_tome(small_vit(), TomeOptions(r=r))
+    images = torch.randn(4, 1, 16, 16)
+    fast = run(model, (images,))
+    begin = TokenReducer.begin
+    monkeypatch.setattr(TokenReducer, "begin", lambda self, *a, uniform=False: begin(self, *a, uniform=False))
+    general = run(model, (images,))
+    assert torch.allclose(fast, general, atol=TOL), (fast - general).abs().max()

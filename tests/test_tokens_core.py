@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from slimformer.compress.merge import attention_received, attentive_pruning, bipartite_soft_matching, size_bias
+from slimformer.compress.merge import (
+    attention_received,
+    attentive_pruning,
+    bipartite_soft_matching,
+    size_bias,
+    uniform_merge,
+)
 
 TOL = 1e-5
 
@@ -61,6 +67,23 @@ def test_matching_equals_naive(r):
         assert torch.equal(new_size[b, :n], ref_size[b])
         assert (new_size[b, n:] == 0).all()  # the rest is dead padding
     assert new_protected.sum() == protected.sum()  # protected tokens survive, never merged
+
+
+@pytest.mark.parametrize("t, r", [(11, 1), (11, 5), (11, 9), (12, 4), (50, 8), (3, 1), (2, 1)])
+def test_uniform_merge_equals_naive(t, r):
+    """The static-shape path for alike rows (no padding, first token protected) merges exactly the
+    same tokens into the same groups, keeps reading order, and conserves the size-weighted sum."""
+    g = torch.Generator().manual_seed(t * 100 + r)
+    x, metric = torch.randn(3, t, 6, generator=g), torch.randn(3, t, 5, generator=g)
+    size = torch.randint(1, 4, (3, t), generator=g).float()
+    protected = torch.zeros(3, t, dtype=torch.bool)
+    protected[:, 0] = True
+    y, new_size = uniform_merge(x, size, metric, r, protect_first=True)
+    ref_x, ref_size = naive_merge(metric, x, size, protected, r)
+    for b in range(3):
+        assert torch.allclose(y[b], ref_x[b], atol=TOL)
+        assert torch.equal(new_size[b], ref_size[b])
+    assert torch.allclose((y * new_size[..., None]).sum(1), (x * size[..., None]).sum(1), atol=1e-4)
 
 
 def test_size_weighted_sum_is_conserved():

@@ -163,6 +163,39 @@ def bipartite_soft_matching(metric: Tensor, r: Tensor | int, size: Tensor, prote
     return Reduction(target, size, changed, _survivors(live))
 
 
+def uniform_merge(x: Tensor, size: Tensor, metric: Tensor, r: int, protect_first: bool) -> tuple[Tensor, Tensor]:
+    """ToMe's matching and size-weighted merge for the common case where every row is alike (images:
+    no padding, the same tokens protected), so `r` is one Python int and every shape is static.
+
+    x `[B, T, C]`, size `[B, T]`, metric `[B, T, C']` -> (x, size) with `T - r` tokens in their original
+    order. Matches `bipartite_soft_matching` + `Reduction.apply` (up to float rounding) with no data-
+    dependent shape and no host sync, so `torch.compile` traces a whole block without a graph break.
+    protect_first: the first token (a class token) never merges.
+    """
+    b, t, c = x.shape
+    r = min(r, (t - int(protect_first)) // 2)
+    if r <= 0:
+        return x, size
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Ta, Tb]
+    if protect_first:
+        scores[:, 0, :] = -math.inf
+    best, partner = scores.max(dim=-1)  # [B, Ta]
+    ranked = best.argsort(dim=-1, descending=True, stable=True)
+    src, kept_a = ranked[:, :r], ranked[:, r:]  # set-A tokens that merge / stay
+    dst = partner.gather(1, src)
+    weighted = x * size[..., None]
+    xa, xb, sa, sb = weighted[:, ::2], weighted[:, 1::2], size[:, ::2], size[:, 1::2]
+    xb = xb.scatter_add(1, dst[..., None].expand(-1, -1, c), xa.gather(1, src[..., None].expand(-1, -1, c)))
+    sb = sb.scatter_add(1, dst, sa.gather(1, src))
+    # back to reading order: A token i sat at 2i, B token j at 2j + 1
+    slots = torch.cat([2 * kept_a, 2 * torch.arange(xb.shape[1], device=x.device).expand(b, -1) + 1], dim=1)
+    order = slots.argsort(dim=1)
+    merged = torch.cat([xa.gather(1, kept_a[..., None].expand(-1, -1, c)), xb], dim=1)
+    new_size = torch.cat([sa.gather(1, kept_a), sb], dim=1).gather(1, order)
+    return merged.gather(1, order[..., None].expand(-1, -1, c)) / new_size[..., None], new_size
+
+
 def attentive_pruning(score: Tensor, keep_rate: float, size: Tensor, protected: Tensor, fuse: bool) -> Reduction:
     """EViT's pruning. score `[B, T]`: attention each token receives; size, protected `[B, T]`.
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..models import Encoder, Seq2Seq, ViT
 from ..models.attention import Attention, masked_value, padding_bias
 from ..models.blocks import EncoderBlock
-from .merge import attention_received, attentive_pruning, bipartite_soft_matching, mergeable, size_bias
+from .merge import attention_received, attentive_pruning, bipartite_soft_matching, mergeable, size_bias, uniform_merge
 
 STATE = "_token_reduction"          # attribute holding the TokenReducer on every patched module
 LAYER = "_token_layer_index"        # attribute holding a patched HF layer's index
@@ -67,10 +67,15 @@ class TokenReducer:
     bias: Tensor | None = None       # additive attention bias for the current tokens
     plan: Tensor | None = None       # [B, n_layers] merges per row and block (tome)
     changed: bool = False            # whether any block reduced tokens in this forward
+    uniform: bool = False            # this forward's rows are alike: no padding, only token 0 protected
 
-    def begin(self, size: Tensor, protected: Tensor, bias: Tensor | None) -> None:
-        """Start a forward: size, protected `[B, T]`, and the model's own attention bias."""
+    def begin(self, size: Tensor, protected: Tensor, bias: Tensor | None, uniform: bool = False) -> None:
+        """Start a forward: size, protected `[B, T]`, and the model's own attention bias. `uniform`
+        (the caller vouches: images) lets a fixed-r ToMe plan take the static-shape `uniform_merge`."""
         self.size, self.protected, self.bias, self.changed = size, protected & (size > 0), bias, False
+        self.uniform = uniform and self.method == "tome" and self.keep_ratio is None
+        if self.uniform:
+            return
         if self.method == "tome":
             self.plan = self._merge_plan(mergeable(size, self.protected).sum(1))
 
@@ -87,6 +92,8 @@ class TokenReducer:
     def step(self, layer: int, x: Tensor, q: Tensor, k: Tensor) -> Tensor:
         """Reduce the tokens after block `layer`'s attention. x `[B, T, C]`; q, k `[B, H, T, D]` (the
         block's queries and keys). Returns x `[B, T', C]`; sizes, protection and bias follow."""
+        if self.uniform:
+            return self._uniform_step(layer, x, k)
         if self.method == "tome":
             r = self.plan[:, layer]
             if not bool(r.any()):
@@ -103,6 +110,19 @@ class TokenReducer:
         self.changed = True
         needs_bias = self.prop_attn or not bool((self.size > 0).all())
         self.bias = size_bias(self.size, self.prop_attn, x.dtype) if needs_bias else None
+        return x
+
+
+    def _uniform_step(self, layer: int, x: Tensor, k: Tensor) -> Tensor:
+        """`step` for alike rows: static shapes, no host sync (compiles as one graph)."""
+        r = self.r[layer]
+        if r == 0:
+            return x
+        metric = k.mean(1) if self.metric == "keys" else x
+        x, self.size = uniform_merge(x, self.size, metric, r, protect_first=True)
+        self.protected = self.protected[:, :x.shape[1]]  # the first token stays first; no other is protected
+        self.changed = True
+        self.bias = size_bias(self.size, True, x.dtype) if self.prop_attn else None
         return x
 
 
@@ -142,7 +162,7 @@ def _vit_forward(self: ViT, images: Tensor) -> Tensor:
     x = self.embed(images)
     protected = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
     protected[:, 0] = True
-    red.begin(torch.ones(x.shape[:2], dtype=x.dtype, device=x.device), protected, None)
+    red.begin(torch.ones(x.shape[:2], dtype=x.dtype, device=x.device), protected, None, uniform=True)
     x = run_blocks(self.blocks, x, red)
     return self.head(self.norm(x)[:, 0])
 

@@ -2,8 +2,15 @@
 
 Why processes: on a CPU, one process with T threads splits every matmul T ways and synchronizes T
 threads per op; N independent processes each run whole batches with no synchronization at all, which
-wins for the small matmuls of small models. Each worker does its own dynamic batching: it blocks for
-one request, then takes more until it has `max_batch` or the first one has waited `max_wait_ms`.
+wins for the small matmuls of small models.
+
+Why batching happens in the front end: a request crosses a process boundary as a pickled message, and
+for a small model the per-message cost (lock, pipe write, unpickle) is a sizable fraction of the
+per-item compute. So `submit` only puts the request on an in-process queue; one batcher thread takes
+the first waiting request, then more until it has `max_batch` or the first has waited `max_wait_ms`,
+stacks them and sends the whole batch as one message. At most one batch per worker waits in the
+process queue; while all workers are busy the batcher is blocked and requests gather for the next,
+full batch, so batches grow with load on their own.
 
 The request queue is *bounded*: when it is full `submit` refuses at once (counted in `refused`)
 instead of letting the queue and every request's latency grow without limit. Every accepted request
@@ -64,8 +71,8 @@ class ServeConfig:
                                   f"threads on {cores} cores: at most {4 * cores} (oversubscription only slows it)")
 
 
-def _worker(rank: int, ref: str, threads: int, cfg: ServeConfig, requests, results, status, ready) -> None:
-    """One serving process: load the model, then batch and answer requests until it gets None."""
+def _worker(rank: int, ref: str, threads: int, requests, results, status, ready) -> None:
+    """One serving process: load the model, then answer batches until it gets None."""
     import torch
 
     from .. import io
@@ -84,26 +91,15 @@ def _worker(rank: int, ref: str, threads: int, cfg: ServeConfig, requests, resul
     threading.Thread(target=beat, daemon=True).start()
     ready.put(rank)
     while True:
-        first = requests.get()
-        if first is None:
+        batch = requests.get()
+        if batch is None:
             break
-        batch = [first]
-        deadline = first[1] + cfg.max_wait_ms / 1000
-        while len(batch) < cfg.max_batch:
-            try:
-                item = requests.get(timeout=max(0.0, deadline - time.time()))
-            except queue.Empty:
-                break
-            if item is None:
-                requests.put(None)  # leave the stop signal for the next reader; finish this batch first
-                break
-            batch.append(item)
+        ids, arrays = batch
         status[2 * rank + 1] = time.time()
-        args = tuple(torch.from_numpy(np.stack([r[2][i] for r in batch])) for i in range(len(first[2])))
         with torch.inference_mode():
-            out = output_of(model, args).numpy()
+            out = output_of(model, tuple(torch.from_numpy(a) for a in arrays)).numpy()
         status[2 * rank + 1] = 0.0
-        results.put(([r[0] for r in batch], out))  # one message per batch: the front end's cost is per message
+        results.put((ids, out))
     stop.set()
 
 
@@ -118,7 +114,8 @@ class Server:
         config.validate()
         self.ref, self.config = ref, config
         self._ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
-        self.requests = self._ctx.Queue(maxsize=config.queue_size)
+        self.incoming: queue.Queue = queue.Queue(maxsize=config.queue_size)  # requests not yet batched
+        self.requests = self._ctx.Queue(maxsize=config.nproc)  # batches: at most one waiting per worker
         self.results = self._ctx.Queue()
         self.status = self._ctx.Array("d", 2 * config.nproc, lock=False)  # per rank: heartbeat, busy-since
         self.procs: list = []
@@ -143,7 +140,7 @@ class Server:
         ready = self._ctx.Queue()
         for rank in range(self.config.nproc):
             p = self._ctx.Process(target=_worker, name=f"slimformer-serve-{rank}", daemon=True,
-                                  args=(rank, self.ref, self.config.threads, self.config, self.requests,
+                                  args=(rank, self.ref, self.config.threads, self.requests,
                                         self.results, self.status, ready))
             p.start()
             self.procs.append(p)
@@ -158,6 +155,7 @@ class Server:
                     if self.error or time.time() > deadline:
                         self.close()
                         raise JobFailed(self.error or f"serve workers not ready within {timeout:.0f} s") from None
+        threading.Thread(target=self._batch, daemon=True, name="serve-batcher").start()
         threading.Thread(target=self._collect, daemon=True, name="serve-results").start()
         threading.Thread(target=self._monitor, daemon=True, name="serve-monitor").start()
 
@@ -173,13 +171,36 @@ class Server:
             t = time.time()
             self.pending[rid] = (fut, t)
         try:
-            self.requests.put_nowait((rid, t, item))
+            self.incoming.put_nowait((rid, t, item))
         except queue.Full:
             with self._lock:
                 del self.pending[rid]
                 self.counts["refused"] += 1
             raise Refused(f"queue full ({self.config.queue_size} waiting)") from None
         return fut
+
+    def _batch(self) -> None:
+        """Form batches from `incoming` and hand each to the workers as one message."""
+        cfg = self.config
+        while not self._stop.is_set():
+            try:
+                first = self.incoming.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            deadline = first[1] + cfg.max_wait_ms / 1000
+            while len(batch) < cfg.max_batch:
+                try:
+                    batch.append(self.incoming.get(timeout=max(0.0, deadline - time.time())))
+                except queue.Empty:
+                    break
+            message = ([r[0] for r in batch], [np.stack([r[2][i] for r in batch]) for i in range(len(first[2]))])
+            while not self._stop.is_set():
+                try:
+                    self.requests.put(message, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
 
     def _collect(self) -> None:
         while not self._stop.is_set():

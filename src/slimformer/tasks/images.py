@@ -1,5 +1,6 @@
-"""The few image operations slimformer needs (no torchvision): resize, normalize and a random affine
-augmentation (small rotation, scale and shift) done with `affine_grid` + `grid_sample`."""
+"""The few image operations slimformer needs (no torchvision): resize, a random affine augmentation
+(small rotation, scale and shift) done with `affine_grid` + `grid_sample`, and a whole-pixel random
+shift (pad + crop, no interpolation blur)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,14 @@ def random_affine(images: Tensor, generator: torch.Generator, degrees: float = 1
     background = images[:, :, :1, :1]
     out = F.grid_sample(images - background, grid, align_corners=False, padding_mode="zeros")
     return out + background
+
+
+def random_shift(images: Tensor, generator: torch.Generator, pixels: int, fill: float) -> Tensor:
+    """Move each image by its own random whole-pixel offset in [-pixels, pixels] on both axes; the
+    uncovered border takes `fill` (the background value). images `[batch, channels, H, W]`."""
+    if pixels == 0:
+        return images
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pixels, pixels, pixels, pixels), value=fill)
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
