@@ -1,8 +1,8 @@
 """Translation decoding: tokens/s of greedy decoding (batch 1 and 32) and BLEU, all variants in one run.
 
-Variants: our Seq2Seq fp32 with the KV cache, the same without the cache (full prefix every step), our
-int8 (the registry's `int8` step when it exists, else PyTorch dynamic int8 Linears - the JSON says
-which), and CTranslate2 (fp32 and int8) running the same weights converted through a transformers
+Variants: our Seq2Seq fp32 with the KV cache, the same without the cache (full prefix every step), the
+compression recipes (`int8`, encoder-side ToMe, both; applied through the step registry exactly as
+`slimformer compress` does), and CTranslate2 (fp32 and int8) running the same weights converted through a transformers
 MarianMT of identical shape (`slimformer.bench.ct2` states what Marian cannot express). Speeds are
 timed round-robin in one process so machine noise hits every variant alike; tokens/s counts generated
 tokens (EOS excluded) per second at the median call time.
@@ -41,20 +41,19 @@ log = logging.getLogger("benchmarks.translation")
 RESULTS = Path(__file__).parent / "results"
 
 
-def quantize_int8(model: Seq2Seq, task: str | None) -> tuple[nn.Module, str]:
-    """Our int8 model: the registered `int8` recipe step if available, else dynamic int8 Linears.
+RECIPES = ["int8", "tome:r=2", "tome:r=2+int8"]  # int8 Linears; encoder-side token merging; both
+
+
+def compressed(model: Seq2Seq, recipe: str, task: str | None) -> nn.Module:
+    """`recipe` applied to a copy of `model` through the registry, as `slimformer compress` would.
     `task` supplies calibration data (None for the tiny model, whose vocabulary is not the task's)."""
     from slimformer.api import compress_model
 
-    try:
-        q, _ = compress_model(copy.deepcopy(model), "int8", task=task)
-        return q, "recipe step int8 (slimformer.compress.quantize)"
-    except Exception as e:  # noqa: BLE001 - any failure of the optional step falls back, and is reported
-        log.warning("int8 recipe step unavailable (%s: %s); using torch dynamic int8 Linear", type(e).__name__, e)
-        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear: qconfig}, dtype=torch.qint8)
-        reason = f"{type(e).__name__}: {e}"[:200]
-        return q, f"torch.ao dynamic int8 Linear (per-channel weights, dynamic activations); recipe step: {reason}"
+    return compress_model(copy.deepcopy(model), recipe, task=task)[0]
+
+
+def variant_name(recipe: str) -> str:
+    return f"slimformer {recipe} (KV cache)"
 
 
 def bleu(hyps: list[list[int]], refs: list[str], tok) -> dict[str, float]:
@@ -100,20 +99,21 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     model, tok, sources, refs = setup(args)
     max_new = args.max_new_tokens or model.config.max_len - 1
-    q8, q8_how = quantize_int8(model, None if args.tiny else "translation")
+    task = None if args.tiny else "translation"
+    models = {recipe: compressed(model, recipe, task) for recipe in args.recipes}
     work = Path(tempfile.mkdtemp(prefix="ct2-"))
     t0 = time.perf_counter()
     tr = {ct: ct2.translator(ct2.convert(model, tok, work / ct, quantization=ct), ct, args.threads)
           for ct in ("float32", "int8")}
     convert_s = time.perf_counter() - t0
 
-    ours = {"fp32": lambda s, m=model: greedy(m, pad_batch(s, 0), max_new_tokens=max_new),
-            "fp32 no-cache": lambda s, m=model: greedy(m, pad_batch(s, 0), max_new_tokens=max_new, use_cache=False),
-            "int8": lambda s, m=q8: greedy(m, pad_batch(s, 0), max_new_tokens=max_new)}
+    def decoder(m: nn.Module, use_cache: bool = True) -> Callable[[list[list[int]]], list[list[int]]]:
+        return lambda s: greedy(m, pad_batch(s, 0), max_new_tokens=max_new, use_cache=use_cache)
+
     variants: dict[str, Callable[[list[list[int]]], list[list[int]]]] = {
-        "slimformer fp32 (KV cache)": ours["fp32"],
-        "slimformer fp32 (no cache)": ours["fp32 no-cache"],
-        "slimformer int8 (KV cache)": ours["int8"],
+        "slimformer fp32 (KV cache)": decoder(model),
+        "slimformer fp32 (no cache)": decoder(model, use_cache=False),
+        **{variant_name(recipe): decoder(m) for recipe, m in models.items()},
         "ctranslate2 fp32": lambda s: ct2.ct2_greedy(tr["float32"], tok, s, max_new),
         "ctranslate2 int8": lambda s: ct2.ct2_greedy(tr["int8"], tok, s, max_new),
     }
@@ -160,14 +160,14 @@ def run(args) -> dict:
             r["vs_no_cache"] = round(r["tokens_per_s"] / rows["slimformer fp32 (no cache)"]["tokens_per_s"], 3)
     return {"env": environment(), "model": str(args.model) if not args.tiny else "tiny random (smoke test)",
             "config": vars(model.config) if hasattr(model.config, "__dict__") else {},
-            "test_sentences": len(sources), "books": list(bible.TEST_BOOKS), "int8": q8_how,
+            "test_sentences": len(sources), "books": list(bible.TEST_BOOKS), "recipes": args.recipes,
             "ct2_convert_seconds": round(convert_s, 1),
             "ct2_conversion": "Seq2Seq -> transformers MarianMTModel (identical shape) -> CTranslate2 with "
                               "normalize_before=True, final LayerNorms, learned positions, <s> decoder start; "
                               "see slimformer/bench/ct2.py for what Marian itself cannot express",
             "quality": quality,
-            "int8_bleu_delta": round(quality["slimformer int8 (KV cache)"]["bleu"]
-                                     - quality["slimformer fp32 (KV cache)"]["bleu"], 2),
+            "bleu_delta": {r: round(quality[variant_name(r)]["bleu"] - quality["slimformer fp32 (KV cache)"]["bleu"], 2)
+                           for r in args.recipes},
             "results": results}
 
 
@@ -180,7 +180,9 @@ def markdown(report: dict) -> str:
              "| variant | BLEU | chrF | identical to fp32 |", "|---|---:|---:|---:|"]
     for name, m in q.items():
         lines.append(f"| {name} | {m['bleu']:.2f} | {m['chrf']:.2f} | {100 * m['identical_to_fp32']:.1f} % |")
-    lines += ["", f"int8 BLEU delta (ours): {report['int8_bleu_delta']:+.2f} ({report['int8']}).", "",
+    deltas = ", ".join(f"`{recipe}` {delta:+.2f}" for recipe, delta in report["bleu_delta"].items())
+    lines += ["", f"BLEU change vs fp32 (recipes applied with `slimformer compress`; ToMe merges encoder tokens "
+                  f"only, the decoder attends to the merged memory): {deltas}.", "",
               "| variant | batch | tokens/s | p50 ms | vs no-cache | vs CTranslate2 int8 |",
               "|---|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
@@ -201,8 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--max-seconds", type=float, default=240.0)
+    p.add_argument("--recipe", dest="recipes", action="append",
+                   help=f"recipe to compare (repeatable; default {RECIPES})")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    args.recipes = args.recipes or RECIPES
     if args.tiny:
         args.rounds, args.warmup, args.max_seconds, args.b1_sentences = 2, 0.1, 5.0, 2
         args.max_new_tokens = args.max_new_tokens or 12

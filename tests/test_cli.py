@@ -69,3 +69,10 @@ def test_bad_model_dirs_give_one_line(tmp_path, damage):
 def test_unknown_task():
     line = one_line_error(run("evaluate", "vit-tiny", "--task", "nope"))
     assert "unknown task 'nope'" in line
+
+
+def test_train_option_a_task_does_not_take_is_named(tmp_path):
+    """`--minutes` belongs to clock-budgeted tasks (translation); digits trains by epochs and says so."""
+    line = one_line_error(run("train", "digits", "--out", str(tmp_path / "d"), "--minutes", "5"))
+    assert "takes no --minutes" in line
+    assert not (tmp_path / "d").exists()

@@ -207,11 +207,12 @@ def test_unsupported_model_is_refused():
         api.compress_model(decoder, "tome:r=2")
 
 
-@pytest.mark.parametrize("r", [2, 7, 12])
-def test_vit_static_merge_path_equals_the_general_path(monkeypatch, r):
+@pytest.mark.parametrize("opts", [TomeOptions(r=2), TomeOptions(r=7), TomeOptions(r=12),
+                                  TomeOptions(schedule="keep", keep_ratio=0.3)])
+def test_vit_static_merge_path_equals_the_general_path(monkeypatch, opts):
     """The reference ViT takes the static-shape `uniform_merge` (compilable); forcing the general
     per-row path on the same images gives the same logits."""
-    model = apply_tome(small_vit(), TomeOptions(r=r))
+    model = apply_tome(small_vit(), opts)
     images = torch.randn(4, 1, 16, 16)
     fast = run(model, (images,))
     begin = TokenReducer.begin

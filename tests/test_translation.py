@@ -113,6 +113,8 @@ def test_benchmark_tiny_runs(tmp_path):
     assert (tmp_path / "translation-tiny.json").exists() and (tmp_path / "translation-tiny.md").exists()
     names = {r["name"] for r in report["results"]}
     assert {"slimformer fp32 (KV cache)", "slimformer fp32 (no cache)", "ctranslate2 int8"} <= names
+    assert {bench.variant_name(r) for r in bench.RECIPES} <= names  # int8, encoder ToMe, both
+    assert set(report["bleu_delta"]) == set(bench.RECIPES)
     assert {r["batch"] for r in report["results"]} == {1, 32}
     # the CTranslate2 conversion computes our function: fp32 outputs agree (allowing rare float ties)
     assert report["quality"]["ctranslate2 fp32"]["identical_to_fp32"] >= 0.9

@@ -54,10 +54,11 @@ def train(
     seed: int = typer.Option(0, help="random seed"),
     threads: int = typer.Option(None, help="intra-op threads (default: all cores)"),
     data_dir: Path = typer.Option(None, "--data-dir", help="the task's data files (default: its Debian package)"),
+    minutes: float = typer.Option(None, help="wall-time budget, for tasks that train to a clock (translation)"),
 ) -> None:
     """Train a task's model from scratch and save it as a model dir.
 
-    Example: slimformer train digits --out runs/digits
+    Example: slimformer train translation --out runs/en-es --minutes 45
     """
     import torch
 
@@ -76,12 +77,13 @@ def train(
         if epochs < 1:
             raise SlimformerError(f"--epochs must be >= 1, got {epochs}")
         kwargs["epochs"] = epochs
-    if data_dir is not None:
-        import inspect
+    import inspect
 
-        if "data_dir" not in inspect.signature(module.train).parameters:
-            raise SlimformerError(f"task {task!r} takes no --data-dir")
-        kwargs["data_dir"] = data_dir
+    for option, value in (("data_dir", data_dir), ("minutes", minutes)):
+        if value is not None:
+            if option not in inspect.signature(module.train).parameters:
+                raise SlimformerError(f"task {task!r} takes no --{option.replace('_', '-')}")
+            kwargs[option] = value
     model = module.train(out=out, **kwargs)
     metrics = module.evaluate(model, **({"data_dir": data_dir} if data_dir is not None else {}))
     console.print(f"saved {out}  " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

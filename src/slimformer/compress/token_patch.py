@@ -68,13 +68,15 @@ class TokenReducer:
     plan: Tensor | None = None       # [B, n_layers] merges per row and block (tome)
     changed: bool = False            # whether any block reduced tokens in this forward
     uniform: bool = False            # this forward's rows are alike: no padding, only token 0 protected
+    _uniform_r: list[int] | None = None  # merges per block on the uniform path
 
     def begin(self, size: Tensor, protected: Tensor, bias: Tensor | None, uniform: bool = False) -> None:
         """Start a forward: size, protected `[B, T]`, and the model's own attention bias. `uniform`
         (the caller vouches: images) lets a fixed-r ToMe plan take the static-shape `uniform_merge`."""
         self.size, self.protected, self.bias, self.changed = size, protected & (size > 0), bias, False
-        self.uniform = uniform and self.method == "tome" and self.keep_ratio is None
+        self.uniform = uniform and self.method == "tome"
         if self.uniform:
+            self._uniform_r = self.r if self.keep_ratio is None else self._keep_plan(size.shape[1] - 1)
             return
         if self.method == "tome":
             self.plan = self._merge_plan(mergeable(size, self.protected).sum(1))
@@ -113,9 +115,15 @@ class TokenReducer:
         return x
 
 
+    def _keep_plan(self, n: int) -> list[int]:
+        """`_merge_plan` for one row of `n` mergeable tokens, in plain Python (no tensor, no sync)."""
+        q = self.keep_ratio ** (1 / self.n_layers)
+        remain = [n] + [round(n * q ** layer) for layer in range(1, self.n_layers + 1)]
+        return [before - after for before, after in zip(remain, remain[1:], strict=False)]
+
     def _uniform_step(self, layer: int, x: Tensor, k: Tensor) -> Tensor:
         """`step` for alike rows: static shapes, no host sync (compiles as one graph)."""
-        r = self.r[layer]
+        r = self._uniform_r[layer]
         if r == 0:
             return x
         metric = k.mean(1) if self.metric == "keys" else x

@@ -39,7 +39,9 @@ def random_shift(images: Tensor, generator: torch.Generator, pixels: int, fill: 
     uncovered border takes `fill` (the background value). images `[batch, channels, H, W]`."""
     if pixels == 0:
         return images
-    b, _, h, w = images.shape
+    b, ch, h, w = images.shape
     padded = F.pad(images, (pixels, pixels, pixels, pixels), value=fill)
-    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, ch, h, padded.shape[-1])
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, ch, h, w)
+    return padded.gather(2, rows).gather(3, cols)
