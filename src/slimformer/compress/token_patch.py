@@ -67,16 +67,15 @@ class TokenReducer:
     bias: Tensor | None = None       # additive attention bias for the current tokens
     plan: Tensor | None = None       # [B, n_layers] merges per row and block (tome)
     changed: bool = False            # whether any block reduced tokens in this forward
-    uniform: bool = False            # this forward's rows are alike: no padding, only token 0 protected
-    _uniform_r: list[int] | None = None  # merges per block on the uniform path
+    merges: tuple[int, ...] | None = None  # this forward's static plan (rows alike: `uniform_merge`)
 
-    def begin(self, size: Tensor, protected: Tensor, bias: Tensor | None, uniform: bool = False) -> None:
-        """Start a forward: size, protected `[B, T]`, and the model's own attention bias. `uniform`
-        (the caller vouches: images) lets a fixed-r ToMe plan take the static-shape `uniform_merge`."""
+    def begin(self, size: Tensor, protected: Tensor, bias: Tensor | None,
+              merges: tuple[int, ...] | None = None) -> None:
+        """Start a forward: size, protected `[B, T]`, and the model's own attention bias. `merges` (from
+        `static_plan`, for rows the caller vouches are alike: images) selects the static-shape path."""
         self.size, self.protected, self.bias, self.changed = size, protected & (size > 0), bias, False
-        self.uniform = uniform and self.method == "tome"
-        if self.uniform:
-            self._uniform_r = self.r if self.keep_ratio is None else self._keep_plan(size.shape[1] - 1)
+        self.merges = merges
+        if merges is not None:
             return
         if self.method == "tome":
             self.plan = self._merge_plan(mergeable(size, self.protected).sum(1))
@@ -94,8 +93,8 @@ class TokenReducer:
     def step(self, layer: int, x: Tensor, q: Tensor, k: Tensor) -> Tensor:
         """Reduce the tokens after block `layer`'s attention. x `[B, T, C]`; q, k `[B, H, T, D]` (the
         block's queries and keys). Returns x `[B, T', C]`; sizes, protection and bias follow."""
-        if self.uniform:
-            return self._uniform_step(layer, x, k)
+        if self.merges is not None:
+            return self._static_step(layer, x, k)
         if self.method == "tome":
             r = self.plan[:, layer]
             if not bool(r.any()):
@@ -115,15 +114,22 @@ class TokenReducer:
         return x
 
 
-    def _keep_plan(self, n: int) -> list[int]:
-        """`_merge_plan` for one row of `n` mergeable tokens, in plain Python (no tensor, no sync)."""
+    def static_plan(self, n: int) -> tuple[int, ...] | None:
+        """ToMe merges per block for rows of `n` mergeable tokens, as plain ints (`_merge_plan` without
+        tensors); None for pruning. The ViT patch stores it on the module, where torch.compile treats
+        it as a constant: read from this object, a plan that differs between two compiled models
+        would be turned into a symbolic int, which inductor fails on."""
+        if self.method != "tome":
+            return None
+        if self.keep_ratio is None:
+            return tuple(self.r)
         q = self.keep_ratio ** (1 / self.n_layers)
         remain = [n] + [round(n * q ** layer) for layer in range(1, self.n_layers + 1)]
-        return [before - after for before, after in zip(remain, remain[1:], strict=False)]
+        return tuple(before - after for before, after in zip(remain, remain[1:], strict=False))
 
-    def _uniform_step(self, layer: int, x: Tensor, k: Tensor) -> Tensor:
+    def _static_step(self, layer: int, x: Tensor, k: Tensor) -> Tensor:
         """`step` for alike rows: static shapes, no host sync (compiles as one graph)."""
-        r = self._uniform_r[layer]
+        r = self.merges[layer]
         if r == 0:
             return x
         metric = k.mean(1) if self.metric == "keys" else x
@@ -170,7 +176,7 @@ def _vit_forward(self: ViT, images: Tensor) -> Tensor:
     x = self.embed(images)
     protected = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
     protected[:, 0] = True
-    red.begin(torch.ones(x.shape[:2], dtype=x.dtype, device=x.device), protected, None, uniform=True)
+    red.begin(torch.ones(x.shape[:2], dtype=x.dtype, device=x.device), protected, None, self._token_merges)
     x = run_blocks(self.blocks, x, red)
     return self.head(self.norm(x)[:, 0])
 
@@ -221,6 +227,7 @@ def patch_reference(model: nn.Module, red: TokenReducer) -> None:
     """Swap in the reducing forward on this instance (its class and weights stay untouched)."""
     if isinstance(model, ViT):
         _check_blocks(model.blocks)
+        model._token_merges = red.static_plan(model.config.n_patches)  # every image: same tokens, class token kept
         _bind(model, "forward", _vit_forward, red)
     elif isinstance(model, Encoder):
         _check_blocks(model.blocks)
@@ -250,7 +257,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if STATE not in vars(module):
             continue
-        for name in (*PATCHED_METHODS, LAYER, "_token_protect_ids"):
+        for name in (*PATCHED_METHODS, LAYER, "_token_protect_ids", "_token_merges"):
             if name in vars(module):
                 delattr(module, name)
         delattr(module, STATE)
