@@ -38,7 +38,7 @@ MIN_ACCURACY, MIN_SPEEDUP, MAX_DROP_POINTS = 0.90, 2.0, 1.0
 # harder, and distillation (through the merged forward) buys back accuracy.
 RECIPES = ["tome:r=8", "int8", "int8:compile=true", "bf16:compile=true", "tome:r=8+int8:compile=true",
            "tome:schedule=keep,keep_ratio=0.25+int8:compile=true",
-           "tome:schedule=keep,keep_ratio=0.25+distill:epochs=4+int8:compile=true"]
+           "tome:schedule=keep,keep_ratio=0.25+distill:epochs=6+int8:compile=true"]
 TINY_RECIPES = ["tome:r=8", "tome:r=8+int8"]
 
 
