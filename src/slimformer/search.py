@@ -8,10 +8,14 @@ explored cheapest-first and pruned where monotonicity says nothing better can fo
    what usually rules a candidate out); a family stops at the first setting over budget, or when a
    more aggressive setting is no faster (the rest of that branch is dominated). A structural step
    that breaks the budget gets one try with distillation after it, where the task can train.
-2. Combinations: families in order of their best single speedup extend a small beam of recipes
+   Token steps (tome, token-prune) pass on every setting inside the budget, whatever their eager
+   speed: on a small model their bookkeeping costs more than it saves in eager mode, not compiled.
+2. Combinations: families in order of their best single speedup (token steps last, so they join
+   states that already hold a compiled precision step) extend a small beam of recipes
    kept on the (latency, drop) Pareto front; each extension tries that family's feasible settings
    from the most aggressive down and keeps the first two that fit the budget. Combinations whose
-   estimated latency (product of single-step ratios) gains nothing are never built.
+   estimated latency (product of single-step ratios) gains nothing are never built (token steps are
+   always built and measured).
 3. Final: the front, fp32 and the external baselines are measured together by the bench runner
    (interleaved, same inputs, peak memory per fresh process) and the best recipe is written as YAML
    beside results.json, front.json and the report.
@@ -59,6 +63,10 @@ KNOBS: dict[str, list[tuple[str, Any]]] = {
 }
 SWITCHES = ("int8", "bf16", "int8-weight")
 STRUCTURAL = ("prune-heads", "prune-ffn", "lowrank")
+# Token steps are judged by accuracy alone in stage 1: in eager mode their merge bookkeeping can cost a
+# small model more than the tokens save, while under a compiled precision step it fuses away. Their
+# speed is measured where it counts, in combinations (stage 2), never estimated from eager singles.
+TOKEN_STEPS = ("tome", "token-prune")
 # Canonical order of steps inside a recipe (structure on float weights, tokens, distill, precision last).
 ORDER = ("prune-heads", "prune-ffn", "lowrank", "tome", "token-prune", "distill", "int8", "int8-weight", "bf16")
 
@@ -308,6 +316,9 @@ class Search:
                 if not c.ok:
                     break
                 last_ok = value
+                if name in TOKEN_STEPS:
+                    kept.append(c)  # every setting inside the budget goes on to stage 2
+                    continue
                 if kept and c.latency_ms >= kept[-1].latency_ms * 0.98:
                     break  # more aggressive but no faster: the rest of the branch is dominated
                 if c.latency_ms < self.base_ms * 0.98:
@@ -319,7 +330,7 @@ class Search:
     def combine(self, singles: dict[str, list[Candidate]], tick) -> list[Candidate]:
         """Stage 2: grow a beam of recipes on the (latency, drop) front, one family at a time."""
         speed = {n: self.base_ms / min(c.latency_ms for c in cs) for n, cs in singles.items()}
-        order = sorted(singles, key=lambda n: -speed[n])
+        order = sorted(singles, key=lambda n: (n in TOKEN_STEPS, -speed[n]))  # token steps join compiled states
         base = Candidate("", self.base_metric, 0.0, self.base_ms, True)
         beam, seen = [base], {}
         for name in order:
@@ -336,7 +347,7 @@ class Search:
                     except SlimformerError:
                         break  # this family cannot follow the state (order / family rule)
                     estimate = state.latency_ms * single.latency_ms / self.base_ms
-                    if estimate > state.latency_ms * 0.97:
+                    if name not in TOKEN_STEPS and estimate > state.latency_ms * 0.97:
                         continue  # no gain expected: do not build it
                     c = seen.get(recipe) or self.evaluate(recipe)
                     seen[recipe] = c
