@@ -146,7 +146,7 @@ def main() -> None:
         a.duration, a.repeats, a.max_batch, a.seq_len, a.pp_batch = 0.5, 2, 4, 16, 4
         a.microbatches, a.ddp_batch, a.ddp_steps, a.text_models = [2], 8, 5, []
     else:
-        a.duration, a.repeats, a.max_batch, a.seq_len, a.pp_batch = 8.0, 10, 16, 128, 16
+        a.duration, a.repeats, a.max_batch, a.seq_len, a.pp_batch = 15.0, 10, 16, 128, 16
         a.microbatches, a.ddp_batch, a.ddp_steps, a.text_models = [2, 4, 8], 32, 25, ["encoder-small"]
     vit = "vit-tiny" if a.tiny else digits_model()
     env = environment()

@@ -233,7 +233,12 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 def _compile(model: nn.Module) -> nn.Module:
     """torch.compile in place (state-dict keys unchanged). Freezing lets inductor treat weights as
     constants, which is what enables its int8 / weight-only lowerings and weight prepacking; it only
-    takes effect under `torch.no_grad()` / `torch.inference_mode()` (how models are evaluated)."""
+    takes effect under `torch.no_grad()` / `torch.inference_mode()` (how models are evaluated).
+
+    Every compiled instance of a class adds entries to the cache of the class's shared `forward`; past
+    dynamo's recompile limit (8) further instances silently run eager, which made a search (dozens of
+    compiled candidates in one process) misjudge every later candidate. The limit is raised here."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
     model.compile(options={"freezing": True})
     return model
 
