@@ -81,14 +81,9 @@ class TokenReducer:
             self.plan = self._merge_plan(mergeable(size, self.protected).sum(1))
 
     def _merge_plan(self, n: Tensor) -> Tensor:
-        """n `[B]` mergeable tokens per row -> merges `[B, n_layers]`."""
-        if self.keep_ratio is None:
-            return torch.tensor(self.r, device=n.device).expand(n.shape[0], -1)
-        q = self.keep_ratio ** (1 / self.n_layers)
-        powers = q ** torch.arange(1, self.n_layers + 1, dtype=torch.float64, device=n.device)
-        remain = torch.round(n[:, None].double() * powers).long()
-        before = torch.cat([n[:, None], remain[:, :-1]], dim=1)
-        return before - remain
+        """n `[B]` mergeable tokens per row -> merges `[B, n_layers]`: each row's `static_plan`."""
+        rows = [self.static_plan(k) for k in n.tolist()]
+        return torch.tensor(rows, dtype=torch.long, device=n.device).reshape(len(rows), self.n_layers)
 
     def step(self, layer: int, x: Tensor, q: Tensor, k: Tensor) -> Tensor:
         """Reduce the tokens after block `layer`'s attention. x `[B, T, C]`; q, k `[B, H, T, D]` (the
@@ -113,12 +108,12 @@ class TokenReducer:
         self.bias = size_bias(self.size, self.prop_attn, x.dtype) if needs_bias else None
         return x
 
-
     def static_plan(self, n: int) -> tuple[int, ...] | None:
-        """ToMe merges per block for rows of `n` mergeable tokens, as plain ints (`_merge_plan` without
-        tensors); None for pruning. The ViT patch stores it on the module, where torch.compile treats
-        it as a constant: read from this object, a plan that differs between two compiled models
-        would be turned into a symbolic int, which inductor fails on."""
+        """ToMe merges per block for a row of `n` mergeable tokens, as plain ints; None for pruning.
+        With `keep_ratio`, every block keeps the same fraction, so `keep_ratio` of the row is left.
+        The ViT patch stores its plan on the module, where torch.compile treats it as a constant: read
+        from this object, a plan that differs between two compiled models would be turned into a
+        symbolic int, which inductor fails on."""
         if self.method != "tome":
             return None
         if self.keep_ratio is None:
