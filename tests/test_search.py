@@ -18,6 +18,13 @@ def test_grids_are_valid_recipes_mild_to_aggressive():
     tome = family_grid("tome", steps["tome"].options, tokens=65)
     rs = [int(r.split("=")[1]) for r in tome]
     assert rs == sorted(rs) and len(rs) >= 3
+    # text: the share of each row kept, mild to aggressive, each a valid recipe
+    text = family_grid("tome", steps["tome"].options, tokens=128, text=True)
+    ratios = [float(r.split("keep_ratio=")[1]) for r in text]
+    assert ratios == sorted(ratios, reverse=True) and len(ratios) >= 3 and ratios[0] < 1
+    assert all(r.startswith("tome:schedule=keep,") for r in text)
+    for recipe in text + family_grid("int8", steps["int8"].options, tokens=128, text=True):
+        parse_recipe(recipe)
 
 
 def test_join_puts_steps_in_a_valid_order():

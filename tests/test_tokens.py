@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimformer import api, io
-from slimformer.compress.token_patch import TokenReducer, run_blocks, token_sizes, unpatch
+from slimformer.compress.token_patch import TokenReducer, reducer_of, run_blocks, token_sizes, unpatch
 from slimformer.compress.tokens import PruneOptions, TomeOptions, apply_prune, apply_tome
 from slimformer.errors import SlimformerError
 from slimformer.models import EncoderConfig, Seq2SeqConfig, ViTConfig, build_model
@@ -219,6 +219,29 @@ def test_vit_static_merge_path_equals_the_general_path(monkeypatch, opts):
     monkeypatch.setattr(TokenReducer, "begin", lambda self, *a: begin(self, *a[:3], None))
     general = run(model, (images,))
     assert torch.allclose(fast, general, atol=TOL), (fast - general).abs().max()
+
+
+@pytest.mark.parametrize("opts", [TomeOptions(r=3), TomeOptions(schedule="keep", keep_ratio=0.4)])
+def test_unpadded_bert_takes_the_static_path_and_equals_the_general_path(monkeypatch, opts):
+    """A batch without padding merges on the static-shape path ([CLS] and [SEP] kept); forcing the
+    general per-row path on the same batch gives the same hidden states and sizes. A padded batch
+    keeps the general path."""
+    model = apply_tome(small_bert(), opts)
+    tokens = torch.randint(3, 100, (3, 20), generator=torch.Generator().manual_seed(1))
+    inputs = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens)}
+    fast, fast_sizes = run(model, inputs), token_sizes(model).clone()
+    assert reducer_of(model).merges is not None and fast.shape[1] < 20
+    assert (fast_sizes[:, 0] == 1).all() and (fast_sizes[:, -1] == 1).all()
+    begin = TokenReducer.begin
+    monkeypatch.setattr(TokenReducer, "begin", lambda self, *a, **k: begin(self, *a[:3], None))
+    general = run(model, inputs)
+    assert reducer_of(model).merges is None
+    assert torch.allclose(fast, general, atol=TOL), (fast - general).abs().max()
+    assert torch.equal(fast_sizes, token_sizes(model))
+    monkeypatch.undo()
+    padded, mask = text_batch()
+    run(model, {"input_ids": padded, "attention_mask": mask.long()})
+    assert reducer_of(model).merges is None
 
 
 def test_two_compiled_vits_with_different_plans_compile_and_match():

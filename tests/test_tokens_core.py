@@ -86,6 +86,23 @@ def test_uniform_merge_equals_naive(t, r):
     assert torch.allclose((y * new_size[..., None]).sum(1), (x * size[..., None]).sum(1), atol=1e-4)
 
 
+@pytest.mark.parametrize("t, r", [(11, 2), (12, 3), (12, 9), (20, 4), (3, 1)])
+def test_uniform_merge_protecting_both_ends_equals_naive(t, r):
+    """Unpadded text: [CLS] first and [SEP] last never merge, whichever set (A or B) the last falls in."""
+    g = torch.Generator().manual_seed(t * 10 + r)
+    x, metric = torch.randn(2, t, 6, generator=g), torch.randn(2, t, 5, generator=g)
+    metric[:, -1] = metric[:, -2]  # the last token is the best match of its neighbour: protection must win
+    size = torch.ones(2, t)
+    protected = torch.zeros(2, t, dtype=torch.bool)
+    protected[:, 0] = protected[:, -1] = True
+    y, new_size = uniform_merge(x, size, metric, r, protect_first=True, protect_last=True)
+    ref_x, ref_size = naive_merge(metric, x, size, protected, r)
+    for b in range(2):
+        assert torch.allclose(y[b], ref_x[b], atol=TOL)
+        assert torch.equal(new_size[b], ref_size[b])
+        assert new_size[b, 0] == 1 and new_size[b, -1] == 1 and torch.equal(y[b, -1], x[b, -1])
+
+
 def test_size_weighted_sum_is_conserved():
     metric, x, size, protected = random_case(seed=1)
     red = bipartite_soft_matching(metric, torch.tensor([3, 2, 1]), size, protected)

@@ -1,7 +1,7 @@
 """`slimformer search`: the fastest recipe whose task metric stays within a budget of fp32.
 
 The space is every registered step family with a knob swept from mild to aggressive (token merge
-r, token-prune ratio, head/FFN pruning ratios, low-rank energy; int8, bf16 as switches). It is
+r for images, or for text the share of each row kept; token-prune ratio, head/FFN pruning ratios, low-rank energy; int8, bf16 as switches). It is
 explored cheapest-first and pruned where monotonicity says nothing better can follow:
 
 1. Singles: each family alone, mild to aggressive. The metric is computed before latency (it is
@@ -61,6 +61,13 @@ KNOBS: dict[str, list[tuple[str, Any]]] = {
     "prune-ffn": [("ratio", RATIOS)],
     "lowrank": [("energy", [0.995, 0.99, 0.98, 0.95, 0.9])],
 }
+# Text rows vary in length: a constant r takes a large share of a short sentence and little of a long
+# one (on MiniLM, r=2 costs mean cosine 0.034 on ~30-token verses but 0.001 on 128-token passages).
+# For text models ToMe is swept by the share of every row it keeps instead (schedule=keep).
+TEXT_KNOBS: dict[str, list[tuple[str, Any]]] = {
+    "tome": [("keep_ratio", [0.9, 0.8, 0.75, 0.7, 0.6, 0.5])],
+}
+KNOB_PRESETS = {"keep_ratio": "schedule=keep,"}  # options a knob needs set beside it
 SWITCHES = ("int8", "bf16", "int8-weight")
 STRUCTURAL = ("prune-heads", "prune-ffn", "lowrank")
 # Token steps are judged by accuracy alone in stage 1: in eager mode their merge bookkeeping can cost a
@@ -130,13 +137,19 @@ def token_count(model: nn.Module, seq_len: int) -> int:
     return seq_len
 
 
-IDENTITY = {"r": 0, "ratio": 0.0, "keep_rate": 1.0, "energy": 1.0}  # the knob's "do nothing" value
+IDENTITY = {"r": 0, "ratio": 0.0, "keep_rate": 1.0, "energy": 1.0, "keep_ratio": 1.0}  # knobs' "do nothing"
 
 
-def family_knob(name: str, options: type, tokens: int) -> tuple[str, list] | None:
-    """(option, values mild to aggressive) of one step; None for a switch or a step without a known knob."""
+def setting(name: str, opt: str, value: Any) -> str:
+    """The inline recipe step for one knob value, e.g. `tome:schedule=keep,keep_ratio=0.8`."""
+    return f"{name}:{KNOB_PRESETS.get(opt, '')}{opt}={value}"
+
+
+def family_knob(name: str, options: type, tokens: int, text: bool = False) -> tuple[str, list] | None:
+    """(option, values mild to aggressive) of one step; None for a switch or a step without a known knob.
+    `text`: the model takes variable-length text (TEXT_KNOBS apply)."""
     fields = {f.name for f in dataclasses.fields(options)}
-    for opt, values in KNOBS.get(name, []):
+    for opt, values in (TEXT_KNOBS.get(name) if text and name in TEXT_KNOBS else KNOBS.get(name, [])):
         if opt in fields:
             if values == "tokens":
                 values = sorted({max(1, round(tokens * f)) for f in (0.04, 0.08, 0.12, 0.16, 0.2)})
@@ -144,12 +157,12 @@ def family_knob(name: str, options: type, tokens: int) -> tuple[str, list] | Non
     return None
 
 
-def family_grid(name: str, options: type, tokens: int) -> list[str]:
+def family_grid(name: str, options: type, tokens: int, text: bool = False) -> list[str]:
     """The inline settings of one step, mild to aggressive ([name] for a switch; [] if no known knob)."""
     if name in SWITCHES:
         return switch_grid(name, options)
-    knob = family_knob(name, options, tokens)
-    return [f"{name}:{knob[0]}={v}" for v in knob[1]] if knob else []
+    knob = family_knob(name, options, tokens, text)
+    return [setting(name, knob[0], v) for v in knob[1]] if knob else []
 
 
 def switch_grid(name: str, options: type) -> list[str]:
@@ -179,6 +192,7 @@ class Search:
         self.base = io.load(cfg.model)
         self.applied = recipe_of(cfg.model)
         self.batch = cfg.batch or (64 if isinstance(self.base, ViT) else 32)
+        self.text = not isinstance(self.base, ViT)  # variable-length rows (TEXT_KNOBS)
         self.inputs = example_inputs(self.base, batch=self.batch, seq_len=cfg.seq_len)
         registered = all_steps()
         unknown = sorted(set(cfg.steps or []) - set(registered))
@@ -287,13 +301,13 @@ class Search:
         tokens = token_count(self.base, self.cfg.seq_len)
         feasible: dict[str, list[Candidate]] = {}
         for name, step in sorted(self.steps.items(), key=lambda kv: priority(kv[0])):
-            knob = None if name in SWITCHES else family_knob(name, step.options, tokens)
+            knob = None if name in SWITCHES else family_knob(name, step.options, tokens, self.text)
             values = switch_grid(name, step.options) if name in SWITCHES else (knob[1] if knob else [])
             kept: list[Candidate] = []
             distilled = False
 
             def recipe_for(value: Any, distilled: bool, name: str = name, knob=knob) -> str:
-                part = value if knob is None else f"{name}:{knob[0]}={value}"
+                part = value if knob is None else setting(name, knob[0], value)
                 return join([part, "distill"] if distilled else [part])
 
             last_ok = IDENTITY.get(knob[0]) if knob else None
@@ -371,7 +385,7 @@ class Search:
         if self.console:
             self.console.log(f"fp32: {self.metric_name} {self.base_metric:.4f}, {self.base_ms:.1f} ms/batch "
                              f"(batch {self.batch}, {self.cfg.threads} threads); budget: drop <= {self.cfg.max_drop}")
-        total = sum(len(family_grid(n, s.options, token_count(self.base, self.cfg.seq_len)))
+        total = sum(len(family_grid(n, s.options, token_count(self.base, self.cfg.seq_len), self.text))
                     for n, s in self.steps.items())
         with progress_bar() as bar:
             job = bar.add_task("search", total=total * 2, info="")

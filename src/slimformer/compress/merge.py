@@ -163,23 +163,30 @@ def bipartite_soft_matching(metric: Tensor, r: Tensor | int, size: Tensor, prote
     return Reduction(target, size, changed, _survivors(live))
 
 
-def uniform_merge(x: Tensor, size: Tensor, metric: Tensor, r: int, protect_first: bool) -> tuple[Tensor, Tensor]:
-    """ToMe's matching and size-weighted merge for the common case where every row is alike (images:
-    no padding, the same tokens protected), so `r` is one Python int and every shape is static.
+def uniform_merge(x: Tensor, size: Tensor, metric: Tensor, r: int, protect_first: bool,
+                  protect_last: bool = False) -> tuple[Tensor, Tensor]:
+    """ToMe's matching and size-weighted merge for the common case where every row is alike (images,
+    unpadded text: no padding, the same tokens protected), so `r` is one Python int and every shape is
+    static.
 
     x `[B, T, C]`, size `[B, T]`, metric `[B, T, C']` -> (x, size) with `T - r` tokens in their original
     order. Matches `bipartite_soft_matching` + `Reduction.apply` (up to float rounding) with no data-
     dependent shape and no host sync, so `torch.compile` traces a whole block without a graph break.
-    protect_first: the first token (a class token) never merges.
+    protect_first / protect_last: the first token (a class token) / the last ([SEP]) never merges.
     """
     b, t, c = x.shape
-    r = min(r, (t - int(protect_first)) // 2)
+    r = min(r, (t - int(protect_first) - int(protect_last)) // 2)
     if r <= 0:
         return x, size
     metric = metric / metric.norm(dim=-1, keepdim=True)
     scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Ta, Tb]
     if protect_first:
-        scores[:, 0, :] = -math.inf
+        scores[:, 0, :] = -math.inf  # token 0 is in set A: it never proposes a merge
+    if protect_last:  # in set A it never proposes; in set B nothing merges into it
+        if (t - 1) % 2 == 0:
+            scores[:, -1, :] = -math.inf
+        else:
+            scores[:, :, -1] = -math.inf
     best, partner = scores.max(dim=-1)  # [B, Ta]
     ranked = best.argsort(dim=-1, descending=True, stable=True)
     src, kept_a = ranked[:, :r], ranked[:, r:]  # set-A tokens that merge / stay

@@ -13,16 +13,16 @@ import types
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Encoder, Seq2Seq, ViT
-from ..models.attention import Attention, masked_value, padding_bias
+from ..models.attention import Attention, masked_value, padding_bias, scaled_dot_product
 from ..models.blocks import EncoderBlock
 from .merge import attention_received, attentive_pruning, bipartite_soft_matching, mergeable, size_bias, uniform_merge
 
 STATE = "_token_reduction"          # attribute holding the TokenReducer on every patched module
 LAYER = "_token_layer_index"        # attribute holding a patched HF layer's index
+PLANS = "_token_plans"              # HF text models: ToMe's static plan for every unpadded length
 PATCHED_METHODS = ("forward", "encode")
 
 
@@ -68,13 +68,16 @@ class TokenReducer:
     plan: Tensor | None = None       # [B, n_layers] merges per row and block (tome)
     changed: bool = False            # whether any block reduced tokens in this forward
     merges: tuple[int, ...] | None = None  # this forward's static plan (rows alike: `uniform_merge`)
+    protect_last: bool = False       # static path: the last token (text's [SEP]) never merges either
+    unpadded: bool = False           # HF text models: this batch has no padding (set before the layers)
 
     def begin(self, size: Tensor, protected: Tensor, bias: Tensor | None,
-              merges: tuple[int, ...] | None = None) -> None:
+              merges: tuple[int, ...] | None = None, protect_last: bool = False) -> None:
         """Start a forward: size, protected `[B, T]`, and the model's own attention bias. `merges` (from
-        `static_plan`, for rows the caller vouches are alike: images) selects the static-shape path."""
+        `static_plan`, for rows the caller vouches are alike: images, unpadded text) selects the
+        static-shape path, which keeps the first token (and with `protect_last` the last) unmerged."""
         self.size, self.protected, self.bias, self.changed = size, protected & (size > 0), bias, False
-        self.merges = merges
+        self.merges, self.protect_last = merges, protect_last
         if merges is not None:
             return
         if self.method == "tome":
@@ -128,8 +131,9 @@ class TokenReducer:
         if r == 0:
             return x
         metric = k.mean(1) if self.metric == "keys" else x
-        x, self.size = uniform_merge(x, self.size, metric, r, protect_first=True)
-        self.protected = self.protected[:, :x.shape[1]]  # the first token stays first; no other is protected
+        x, self.size = uniform_merge(x, self.size, metric, r, protect_first=True, protect_last=self.protect_last)
+        # the protected ends keep their places (first, last); nothing between them is protected
+        self.protected = torch.cat([self.protected[:, :x.shape[1] - 1], self.protected[:, -1:]], dim=1)
         self.changed = True
         self.bias = size_bias(self.size, True, x.dtype) if self.prop_attn else None
         return x
@@ -149,7 +153,7 @@ def attend(attn: Attention, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Ten
     kv = attn.project_kv(x)
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=bias)
+    out = scaled_dot_product(q, kv.k, kv.v, bias)
     out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
     return attn.o(out), q, kv.k
 
@@ -252,7 +256,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if STATE not in vars(module):
             continue
-        for name in (*PATCHED_METHODS, LAYER, "_token_protect_ids", "_token_merges"):
+        for name in (*PATCHED_METHODS, LAYER, "_token_protect_ids", "_token_merges", PLANS):
             if name in vars(module):
                 delattr(module, name)
         delattr(module, STATE)

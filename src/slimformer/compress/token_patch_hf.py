@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import SlimformerError
 from ..models.hf import is_hf_model
-from .token_patch import LAYER, STATE, TokenReducer, TokenSite, _bind
+from .token_patch import LAYER, PLANS, STATE, TokenReducer, TokenSite, _bind
 
 
 def _attention_fn(module: nn.Module):
@@ -49,7 +49,11 @@ def _bert_layer_forward(self: nn.Module, hidden_states: Tensor, attention_mask: 
         protected = torch.zeros_like(real)
         protected[:, 0] = True
         protected.scatter_(1, (real.sum(1, keepdim=True) - 1).clamp_min(0), True)
-        red.begin(real.to(hidden_states.dtype), protected, attention_mask)
+        plans = getattr(self, PLANS, None)
+        # Unpadded rows are alike ([CLS] first, [SEP] last): ToMe takes the static-shape path, with no
+        # per-block host sync (one graph under torch.compile).
+        merges = plans[real.shape[1]] if plans and red.unpadded else None
+        red.begin(real.to(hidden_states.dtype), protected, attention_mask, merges, protect_last=True)
     bias = red.bias  # the model's own mask until a block reduces the tokens
     sa = self.attention.self
     shape = (*hidden_states.shape[:-1], -1, sa.attention_head_size)
@@ -62,6 +66,15 @@ def _bert_layer_forward(self: nn.Module, hidden_states: Tensor, attention_mask: 
     x = self.attention.output(out, hidden_states)
     x = red.step(layer, x, q, k)
     return apply_chunking_to_forward(self.feed_forward_chunk, self.chunk_size_feed_forward, self.seq_len_dim, x)
+
+
+def _bert_model_forward(self: nn.Module, *args, **kwargs):
+    """The model's own forward, after noting whether the batch has padding. The check syncs with the
+    host once, here at the outermost call, so under torch.compile the graph breaks before the layers
+    rather than inside the first one (which would split every layer into its own graph)."""
+    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    getattr(self, STATE).unpadded = mask is None or bool(mask.all())
+    return type(self).forward(self, *args, **kwargs)
 
 
 def _vit_layer_forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None = None,
@@ -133,4 +146,11 @@ def patch_hf(model: nn.Module, red: TokenReducer) -> None:
     for i, layer in enumerate(layers):
         _bind(layer, "forward", forward, red)
         setattr(layer, LAYER, i)
+    if kind == "bert" and red.method == "tome":
+        # A tuple on the module is a constant to torch.compile (a plan computed from the reducer's
+        # float options inside the trace would become symbolic when two models differ).
+        # Entry n: the plan for rows of n tokens, of which all but [CLS] and [SEP] may merge.
+        plans = tuple(red.static_plan(max(n - 2, 0)) for n in range(base.config.max_position_embeddings + 1))
+        setattr(layers[0], PLANS, plans)
+        _bind(base, "forward", _bert_model_forward, red)
     setattr(base, STATE, red)

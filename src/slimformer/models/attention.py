@@ -43,6 +43,27 @@ def causal_bias(n_queries: int, n_keys: int, device: torch.device | None = None,
     return bias.masked_fill_(k_pos > q_pos, masked_value(dtype))
 
 
+# Longest key sequence for which compiled CPU attention takes the explicit matmul-softmax-matmul form
+# (see `scaled_dot_product`; measured by benchmarks/attention.py).
+SHORT_KEYS = 96
+
+
+def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v for q `[B, H, Tq, D]`, k, v `[B, H, Tk, D]` -> `[B, H, Tq, D]`.
+
+    Normally `F.scaled_dot_product_attention`. Inside `torch.compile` on CPU, short fp32 sequences take
+    the explicit form instead: inductor fuses scale, bias and softmax between two batched GEMMs, and
+    for the small heads and few tokens of the image models that beats the CPU flash kernel, whose
+    blocking is built for long sequences (benchmarks/attention.py). Eager runs keep SDPA."""
+    if (torch.compiler.is_compiling() and q.device.type == "cpu" and q.dtype == torch.float32
+            and k.shape[-2] <= SHORT_KEYS):
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+        if bias is not None:
+            scores = scores + bias
+        return torch.softmax(scores, dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
 @dataclass
 class KVCache:
     """Keys and values of one attention layer, `[batch, heads, time, head_dim]` each.
@@ -115,6 +136,6 @@ class Attention(nn.Module):
             bias = cb if bias is None else bias + cb
         if bias is not None and bias.dtype != q.dtype:
             bias = bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=bias)
+        out = scaled_dot_product(q, kv.k, kv.v, bias)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.o(out), kv
