@@ -1,8 +1,9 @@
 """`slimformer search`: the fastest recipe whose task metric stays within a budget of fp32.
 
 The space is every registered step family with a knob swept from mild to aggressive (token merge
-r for images, or for text the share of each row kept; token-prune ratio, head/FFN pruning ratios, low-rank energy; int8, bf16 as switches). It is
-explored cheapest-first and pruned where monotonicity says nothing better can follow:
+r for images, or for text the share of each row kept; token-prune ratio, head/FFN pruning ratios,
+low-rank energy; int8, bf16 as switches). It is explored cheapest-first and pruned where
+monotonicity says nothing better can follow:
 
 1. Singles: each family alone, mild to aggressive. The metric is computed before latency (it is
    what usually rules a candidate out); a family stops at the first setting over budget, or when a
