@@ -58,6 +58,7 @@ RATIOS = [0.125, 0.25, 0.375, 0.5, 0.625]
 KNOBS: dict[str, list[tuple[str, Any]]] = {
     "tome": [("r", "tokens")],
     "token-prune": [("keep_rate", [0.9, 0.8, 0.7, 0.6, 0.5])],
+    "prune-layers": [("ratio", [0.25, 0.5])],
     "prune-heads": [("ratio", [0.167, 0.333, 0.5])],
     "prune-ffn": [("ratio", RATIOS)],
     "lowrank": [("energy", [0.995, 0.99, 0.98, 0.95, 0.9])],
@@ -70,13 +71,14 @@ TEXT_KNOBS: dict[str, list[tuple[str, Any]]] = {
 }
 KNOB_PRESETS = {"keep_ratio": "schedule=keep,"}  # options a knob needs set beside it
 SWITCHES = ("int8", "bf16", "int8-weight")
-STRUCTURAL = ("prune-heads", "prune-ffn", "lowrank")
+STRUCTURAL = ("prune-layers", "prune-heads", "prune-ffn", "lowrank")
 # Token steps are judged by accuracy alone in stage 1: in eager mode their merge bookkeeping can cost a
 # small model more than the tokens save, while under a compiled precision step it fuses away. Their
 # speed is measured where it counts, in combinations (stage 2), never estimated from eager singles.
 TOKEN_STEPS = ("tome", "token-prune")
 # Canonical order of steps inside a recipe (structure on float weights, tokens, distill, precision last).
-ORDER = ("prune-heads", "prune-ffn", "lowrank", "tome", "token-prune", "distill", "int8", "int8-weight", "bf16")
+ORDER = ("prune-layers", "prune-heads", "prune-ffn", "lowrank", "tome", "token-prune", "distill", "int8", "int8-weight",
+         "bf16")
 
 
 @dataclass
@@ -125,7 +127,8 @@ def join(parts: list[str]) -> str:
 
 
 # Families explored first when time is short: cheap to apply and usually the biggest win.
-PRIORITY = ("int8", "tome", "token-prune", "bf16", "lowrank", "prune-ffn", "prune-heads", "int8-weight")
+PRIORITY = ("int8", "tome", "token-prune", "bf16", "prune-layers", "lowrank", "prune-ffn", "prune-heads",
+            "int8-weight")
 
 
 def priority(name: str) -> int:

@@ -111,8 +111,10 @@ def lowrank(model: nn.Module, opts: LowRankOptions, ctx: StepContext) -> nn.Modu
             continue
         slot.set(factorize(linear, rank))
         ranks[slot.name] = rank
-    if not ranks:
-        log.warning("lowrank: no layer factorized (every chosen rank would add parameters); lower rank/energy")
+    if not ranks:  # a step that changes nothing would only mislabel the model (and a search's best recipe)
+        what = f"rank={opts.rank}" if opts.rank is not None else f"energy={opts.energy}"
+        raise SlimformerError(f"step 'lowrank': {what} factorizes no layer (every chosen rank would add "
+                              "parameters); lower 'rank' or 'energy'")
     ctx.state["ranks"] = ranks
     return model
 

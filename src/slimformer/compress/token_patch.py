@@ -207,13 +207,14 @@ def _seq2seq_encode(self: Seq2Seq, src: Tensor, src_mask: Tensor | None = None) 
 
 def reference_site(model: nn.Module) -> TokenSite | None:
     """The `TokenSite` of a reference model, or None if `model` is not one we can patch."""
+    # depth counts the blocks present (prune-layers may have removed some the config still lists)
     if isinstance(model, ViT):
         c = model.config
-        return TokenSite(c.n_layers, c.n_patches + 1, 1, True, "cls", "keys")
+        return TokenSite(len(model.blocks), c.n_patches + 1, 1, True, "cls", "keys")
     if isinstance(model, Encoder):
-        return TokenSite(model.config.n_layers, model.config.max_len, 0, False, "mean", "hidden")
+        return TokenSite(len(model.blocks), model.config.max_len, 0, False, "mean", "hidden")
     if isinstance(model, Seq2Seq):
-        return TokenSite(model.config.n_enc_layers, model.config.max_len, 0, False, "mean", "hidden")
+        return TokenSite(len(model.encoder.blocks), model.config.max_len, 0, False, "mean", "hidden")
     return None
 
 
