@@ -9,12 +9,14 @@ monotonicity says nothing better can follow:
    what usually rules a candidate out); a family stops at the first setting over budget, or when a
    more aggressive setting is no faster (the rest of that branch is dominated). A structural step
    that breaks the budget gets one try with distillation after it, where the task can train.
-   Token steps (tome, token-prune) pass on every setting inside the budget, whatever their eager
-   speed: on a small model their bookkeeping costs more than it saves in eager mode, not compiled.
+   Token steps (tome, token-prune) and precision switches pass on every setting inside the budget,
+   whatever their speed alone: on a small model token bookkeeping costs more than it saves in eager
+   mode, not compiled, and compiling pays most once pruning has made the model small.
 2. Combinations: families in order of their best single speedup (token steps last, so they join
    states that already hold a compiled precision step) extend a small beam of recipes
    kept on the (latency, drop) Pareto front; each extension tries that family's feasible settings
-   from the most aggressive down and keeps the first two that fit the budget. Combinations whose
+   from the most aggressive down and keeps the first two that fit the budget. The precision
+   switches (a recipe holds one) form one group here, tried fastest first. Combinations whose
    estimated latency (product of single-step ratios) gains nothing are never built (token steps are
    always built and measured).
 3. Final: the front, fp32 and the external baselines are measured together by the bench runner
@@ -71,6 +73,7 @@ TEXT_KNOBS: dict[str, list[tuple[str, Any]]] = {
 }
 KNOB_PRESETS = {"keep_ratio": "schedule=keep,"}  # options a knob needs set beside it
 SWITCHES = ("int8", "bf16", "int8-weight")
+PRECISION = "precision"  # the switches' combined group in stage 2
 STRUCTURAL = ("prune-layers", "prune-heads", "prune-ffn", "lowrank")
 # Token steps are judged by accuracy alone in stage 1: in eager mode their merge bookkeeping can cost a
 # small model more than the tokens save, while under a compiled precision step it fuses away. Their
@@ -94,11 +97,11 @@ class SearchConfig:
     distill: bool = True
     budget_s: float | None = None  # soft limit on exploring (the final measurement comes after)
     beam: int = 4
-    final_rounds: int = 10
+    final_rounds: int = 60  # at most; as many as fit in final_seconds (small models get many, for stable p50s)
     steps: list[str] | None = None  # restrict the families explored (default: every registered step)
     quick_seconds: float = 2.0  # timing per candidate while exploring (the final measurement is longer)
     final_front: int = 4  # fastest front recipes measured in the final run
-    final_seconds: float = 150.0  # time budget of the final interleaved timing
+    final_seconds: float = 120.0  # time budget of the final interleaved timing
 
 
 @dataclass
@@ -334,8 +337,11 @@ class Search:
                 if not c.ok:
                     break
                 last_ok = value
-                if name in TOKEN_STEPS:
-                    kept.append(c)  # every setting inside the budget goes on to stage 2
+                if name in TOKEN_STEPS or name in SWITCHES:
+                    # every setting inside the budget goes on to stage 2: a token step's cost and a
+                    # compiled switch's gain depend on what the other steps leave (compiling pays most
+                    # on a model that pruning has made small and overhead-bound)
+                    kept.append(c)
                     continue
                 if kept and c.latency_ms >= kept[-1].latency_ms * 0.98:
                     break  # more aggressive but no faster: the rest of the branch is dominated
@@ -346,7 +352,13 @@ class Search:
         return feasible
 
     def combine(self, singles: dict[str, list[Candidate]], tick) -> list[Candidate]:
-        """Stage 2: grow a beam of recipes on the (latency, drop) front, one family at a time."""
+        """Stage 2: grow a beam of recipes on the (latency, drop) front, one family at a time. The
+        precision switches (a recipe holds one) join as one group, slowest to fastest, so every beam
+        state gets the best of all of them rather than only of the family that happened to come first."""
+        singles = dict(singles)
+        precision = [c for n in SWITCHES if n in singles for c in singles.pop(n)]
+        if precision:
+            singles[PRECISION] = sorted(precision, key=lambda c: -c.latency_ms)
         speed = {n: self.base_ms / min(c.latency_ms for c in cs) for n, cs in singles.items()}
         order = sorted(singles, key=lambda n: (n in TOKEN_STEPS, -speed[n]))  # token steps join compiled states
         base = Candidate("", self.base_metric, 0.0, self.base_ms, True)
