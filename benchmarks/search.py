@@ -70,7 +70,8 @@ def write_markdown(path: Path, name: str, cmd: str, work: Path, summary: dict) -
              f"(drop {summary['drop']:.4f}, budget {summary['max_drop']})",
              f"- latency: {summary['latency_ratio']:.3f}x fp32 ({summary['speedup']:.2f}x faster)"
              + (f", {summary['vs_ort-int8']:.3f}x ONNX Runtime int8" if "vs_ort-int8" in summary else ""),
-             f"- search wall time: {summary['seconds']:.0f} s",
+             f"- search wall time: {summary['seconds']:.0f} s ({summary['computed']} candidates evaluated"
+             + (f", {summary['cached']} resumed from the cache of an earlier run)" if summary["cached"] else ")"),
              "- checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in summary["checks"].items()),
              "", report.split("\n", 2)[2].replace("](pareto.png)", f"]({path.stem}.png)")]
     atomic.write_bytes(path.with_suffix(".png"), (work / "pareto.png").read_bytes())
@@ -114,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
     outcome = run_search(cfg, console=Console(width=150))
     seconds = time.perf_counter() - start
     summary = verdicts(args.target, outcome.results, outcome.best, seconds, args.max_drop)
-    summary.update(model=model, batch=cfg.batch, threads=args.threads, tiny=args.tiny)
+    summary.update(model=model, batch=cfg.batch, threads=args.threads, tiny=args.tiny, computed=outcome.computed,
+                   cached=outcome.cached)
+    if outcome.cached and "time" in summary["checks"]:  # a resumed search's wall time says nothing
+        summary["checks"]["time"] = summary["passed"] = False
     args.out.mkdir(parents=True, exist_ok=True)
     doc = json.loads((work / "results.json").read_text())
     doc["summary"] = summary

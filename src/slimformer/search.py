@@ -122,6 +122,8 @@ class Outcome:
     results: list[dict[str, Any]]
     front: list[dict[str, Any]]
     summary: str
+    computed: int = 0  # candidates evaluated in this run
+    cached: int = 0    # candidates served from an earlier run's cache
 
 
 def join(parts: list[str]) -> str:
@@ -467,7 +469,8 @@ class Search:
         summary = (f"{self.metric_name} {best['metrics'].get(self.metric_name, float('nan')):.4f} vs "
                    f"{self.base_metric:.4f}, {best['speedup']:.2f}x fp32, "
                    f"{time.perf_counter() - self.started:.0f} s")
-        return Outcome(best["recipe"], results, [r for r in ours if r["recipe"]], summary)
+        return Outcome(best["recipe"], results, [r for r in ours if r["recipe"]], summary, self.evaluated,
+                       max(len(self.cache) - self.evaluated, 0))
 
 
 def beam_front(cands: list[Candidate], k: int) -> list[Candidate]:
