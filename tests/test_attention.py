@@ -71,3 +71,38 @@ def test_fully_masked_rows_stay_finite():
     x = torch.randn(1, 3, 16)
     out, _ = attn(x, bias=padding_bias(torch.zeros(1, 3, dtype=torch.bool)), causal=True)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("keys", [12, 130])
+def test_compiled_attention_matches_naive_on_both_kernels(keys):
+    """Under torch.compile, short key sequences take the explicit form and long ones SDPA: both equal
+    the naive attention on fresh random inputs, with a padding bias (tolerance 1e-5)."""
+    from slimformer.models.attention import SHORT_KEYS, scaled_dot_product
+
+    assert 12 <= SHORT_KEYS < 130  # the two cases cover both kernels
+    torch.manual_seed(keys)
+    attn = Attention(32, 4).eval()
+    x = torch.randn(2, keys, 32)
+    mask = torch.ones(2, keys, dtype=torch.bool)
+    mask[1, keys // 2:] = False
+    bias = padding_bias(mask)
+    compiled = torch.compile(lambda q, k, v, b: scaled_dot_product(q, k, v, b), dynamic=False)
+    with torch.inference_mode():
+        q, kv = attn.split_heads(attn.q(x)), attn.project_kv(x)
+        got = attn.o(compiled(q, kv.k, kv.v, bias).transpose(1, 2).reshape(2, keys, 32))
+    expected = naive_attention(attn, x, key_mask=mask)
+    torch._dynamo.reset()
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_attention_benchmark_runs_tiny(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "attention.py"
+    spec = importlib.util.spec_from_file_location("bench_attention", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--tiny", "--out", str(tmp_path)])
+    assert len(rows) == 4 and all(r["max_abs_err"] < 1e-4 for r in rows)
+    assert "rule picks" in (tmp_path / "attention.md").read_text()

@@ -6,9 +6,10 @@ per example than labels do (Hinton et al. 2015). Two data regimes:
 
 - the task has labelled training data (`training_data()`, e.g. digits): loss =
   `alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(labels)`;
-- otherwise the task's calibration inputs (e.g. sentences for the embedding task), unlabelled: the
-  student's output matches the teacher's: `1 - cosine` of the mean-pooled outputs (the sentence
-  embedding) plus the MSE of the per-token outputs, relative to the teacher's mean square.
+- unlabelled inputs (the embedding task's training sentences, whose batches carry no labels, or
+  else the task's calibration inputs): the student's output matches the teacher's: `1 - cosine` of
+  the mean-pooled outputs (the sentence embedding) plus the MSE of the per-token outputs, relative
+  to the teacher's mean square.
 
 `hidden > 0` adds the relative MSE between every Transformer layer's output in student and teacher,
 which needs both to keep the same layers and tokens (prune / low-rank do; token merging does not).

@@ -57,11 +57,16 @@ def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = No
     blocking is built for long sequences (benchmarks/attention.py). Eager runs keep SDPA."""
     if (torch.compiler.is_compiling() and q.device.type == "cpu" and q.dtype == torch.float32
             and k.shape[-2] <= SHORT_KEYS):
-        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-        if bias is not None:
-            scores = scores + bias
-        return torch.softmax(scores, dim=-1) @ v
+        return explicit_attention(q, k, v, bias)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The same attention as plain ops (two batched GEMMs around a softmax), for inductor to fuse."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    if bias is not None:
+        scores = scores + bias
+    return torch.softmax(scores, dim=-1) @ v
 
 
 @dataclass

@@ -133,6 +133,29 @@ def evaluate(model: nn.Module, texts: list[str] | None = None, max_length: int =
     return fidelity(embed(model, texts, max_length=max_length), reference(texts, max_length))
 
 
+def training_sentences(n: int = 2048) -> list[str]:
+    """`n` real verses for distillation, none of them in the evaluation or calibration samples (those
+    are removed from a larger evenly spread sample), so fidelity is never measured on training text."""
+    from ..data.bible import english_sentences
+
+    held_out = set(english_sentences(2 * N_SENTENCES))
+    return [t for t in english_sentences(n + 2 * N_SENTENCES) if t not in held_out][:n]
+
+
+def training_data(n: int = 2048, batch: int = 32, seed: int = 0):
+    """(epoch_batches, steps_per_epoch): unlabelled verses, shuffled per epoch, for distillation (the
+    student learns to reproduce the fp32 model's embeddings; there are no labels)."""
+    texts = training_sentences(n)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[tuple, None]]:
+        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        for i in range(0, len(order), batch):
+            enc = tokenize([texts[j] for j in order[i:i + batch]])
+            yield (enc["input_ids"], enc["attention_mask"]), None
+
+    return epoch_batches, (len(texts) + batch - 1) // batch
+
+
 def calibration(n: int = 64, batch: int = 16) -> Iterator[tuple]:
     """(input_ids, attention_mask) batches of real verses, for steps that need data."""
     texts = sentences(max(n, 1), calibration=True)
