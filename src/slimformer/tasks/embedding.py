@@ -142,7 +142,7 @@ def training_sentences(n: int = 2048) -> list[str]:
     return [t for t in english_sentences(n + 2 * N_SENTENCES) if t not in held_out][:n]
 
 
-def training_data(n: int = 2048, batch: int = 32, seed: int = 0):
+def training_data(n: int = 512, batch: int = 32, seed: int = 0):
     """(epoch_batches, steps_per_epoch): unlabelled verses, shuffled per epoch, for distillation (the
     student learns to reproduce the fp32 model's embeddings; there are no labels)."""
     texts = training_sentences(n)
