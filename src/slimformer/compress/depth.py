@@ -47,10 +47,10 @@ def block_list(model: nn.Module) -> nn.ModuleList:
     if is_hf_model(model):
         base = model.base_model
         for holder in (getattr(base, "encoder", None), base):
-            layers = getattr(holder, "layer", None) if holder is not None else None
-            layers = layers if layers is not None else getattr(holder, "layers", None)
-            if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-                return layers
+            for attr in ("layer", "layers"):  # BERT / ViT naming
+                layers = getattr(holder, attr, None)
+                if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+                    return layers
     raise SlimformerError(f"step 'prune-layers': {type(model).__name__} is not a model whose block stack it "
                           "knows (reference ViT / Encoder, Hugging Face BERT-style encoder or ViT)")
 
@@ -100,7 +100,9 @@ def block_influence(model: nn.Module, blocks: nn.ModuleList, ctx: StepContext) -
 
 
 def remove_blocks(blocks: nn.ModuleList, removed: list[int]) -> None:
-    keep = [b for i, b in enumerate(blocks) if i not in set(removed)]
+    """Delete the blocks at `removed` in place (the model keeps its own ModuleList object)."""
+    gone = set(removed)
+    keep = [b for i, b in enumerate(blocks) if i not in gone]
     for i in range(len(blocks) - 1, -1, -1):
         del blocks[i]
     blocks.extend(keep)
