@@ -27,6 +27,7 @@ from ..models import Encoder, ViT
 from ..models.hf import is_hf_model
 from .prune import calibration_batches
 from .registry import Step, StepContext, register
+from .sites import transformer_stack
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,10 @@ class PruneLayersOptions:
 
 
 def block_list(model: nn.Module) -> nn.ModuleList:
-    """The ModuleList of blocks the model's forward loops over."""
-    if isinstance(model, (ViT, Encoder)):
-        return model.blocks
-    if is_hf_model(model):
-        base = model.base_model
-        for holder in (getattr(base, "encoder", None), base):
-            for attr in ("layer", "layers"):  # BERT / ViT naming
-                layers = getattr(holder, attr, None)
-                if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-                    return layers
+    """The ModuleList of blocks the model's forward loops over (encoder stacks only: a Seq2Seq has two)."""
+    stack = transformer_stack(model) if isinstance(model, (ViT, Encoder)) or is_hf_model(model) else None
+    if stack is not None:
+        return stack
     raise SlimformerError(f"step 'prune-layers': {type(model).__name__} is not a model whose block stack it "
                           "knows (reference ViT / Encoder, Hugging Face BERT-style encoder or ViT)")
 

@@ -157,11 +157,16 @@ def by_name(sites: list, kind: str, step: str) -> dict:
     return out
 
 
-def transformer_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated Transformer layers (the longest ModuleList whose items hold attention), for
-    per-layer hidden-state matching in distillation. Empty if the model has none."""
-    best: list[nn.Module] = []
+def transformer_stack(model: nn.Module) -> nn.ModuleList | None:
+    """The ModuleList of repeated Transformer layers (the longest whose items hold attention), or None."""
+    best: nn.ModuleList | None = None
     for m in model.modules():
-        if isinstance(m, nn.ModuleList) and len(m) > len(best) and all(head_sites(layer) for layer in m):
-            best = list(m)
+        if isinstance(m, nn.ModuleList) and len(m) > len(best or ()) and all(head_sites(layer) for layer in m):
+            best = m
     return best
+
+
+def transformer_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated Transformer layers, for per-layer hidden-state matching in distillation. Empty if
+    the model has none."""
+    return list(transformer_stack(model) or [])
