@@ -85,3 +85,4 @@ def test_tiny_search_runs_writes_and_resumes(digits_model_dir, tmp_path):
     for recipe in cache:
         again.evaluate(recipe)
     assert again.evaluated == 0  # resumed entirely from the cache
+    assert again.resumed == set(cache)  # and counted as resumed, each once

@@ -203,6 +203,7 @@ class Search:
         self.applied = recipe_of(cfg.model)
         self.batch = cfg.batch or (64 if isinstance(self.base, ViT) else 32)
         self.text = not isinstance(self.base, ViT)  # variable-length rows (TEXT_KNOBS)
+        self.tokens = token_count(self.base, cfg.seq_len)
         self.inputs = example_inputs(self.base, batch=self.batch, seq_len=cfg.seq_len)
         registered = all_steps()
         unknown = sorted(set(cfg.steps or []) - set(registered))
@@ -210,6 +211,8 @@ class Search:
             raise SlimformerError(f"--steps: unknown {', '.join(unknown)}; steps: {', '.join(sorted(registered))}")
         self.steps = {n: s for n, s in registered.items() if cfg.steps is None or n in cfg.steps}
         self.evaluated = 0  # candidates computed in this process (not served from the cache)
+        self.loaded: set[str] = set()   # recipes in the cache an earlier run left
+        self.resumed: set[str] = set()  # of those, the ones this run asked for
         self.cache_path = Path(cfg.out) / "cache.json"
         self.cache: dict[str, dict] = {}
         self.started = time.perf_counter()
@@ -239,6 +242,7 @@ class Search:
                 data = {}
             if data.get("key") == self.key():
                 self.cache = data.get("candidates", {})
+                self.loaded = set(self.cache)
                 log.info("resuming: %d cached candidates", len(self.cache))
 
     def save_cache(self) -> None:
@@ -263,6 +267,8 @@ class Search:
         return model
 
     def evaluate(self, recipe: str) -> Candidate:
+        if recipe in self.loaded:
+            self.resumed.add(recipe)
         if recipe in self.cache:
             return Candidate(**self.cache[recipe])
         t0 = time.perf_counter()
@@ -308,10 +314,9 @@ class Search:
         """Stage 1: each family alone, mild to aggressive, stopping dominated branches. The first
         setting over budget gets one rescue: distillation (structural steps) or else the halfway
         setting, so a coarse grid does not miss a mild setting that fits."""
-        tokens = token_count(self.base, self.cfg.seq_len)
         feasible: dict[str, list[Candidate]] = {}
         for name, step in sorted(self.steps.items(), key=lambda kv: priority(kv[0])):
-            knob = None if name in SWITCHES else family_knob(name, step.options, tokens, self.text)
+            knob = None if name in SWITCHES else family_knob(name, step.options, self.tokens, self.text)
             values = switch_grid(name, step.options) if name in SWITCHES else (knob[1] if knob else [])
             kept: list[Candidate] = []
             distilled = False
@@ -404,7 +409,7 @@ class Search:
         if self.console:
             self.console.log(f"fp32: {self.metric_name} {self.base_metric:.4f}, {self.base_ms:.1f} ms/batch "
                              f"(batch {self.batch}, {self.cfg.threads} threads); budget: drop <= {self.cfg.max_drop}")
-        total = sum(len(family_grid(n, s.options, token_count(self.base, self.cfg.seq_len), self.text))
+        total = sum(len(family_grid(n, s.options, self.tokens, self.text))
                     for n, s in self.steps.items())
         with progress_bar() as bar:
             job = bar.add_task("search", total=total * 2, info="")
@@ -446,9 +451,8 @@ class Search:
                                               self.cfg.seq_len, {self.metric_name: c.metric}))
             variants += baseline_variants(self.base, self.cfg.baselines, self.inputs, Path(tmp), self.cfg.threads,
                                           self.cfg.task)
-            seq = token_count(self.base, self.cfg.seq_len)
             say = (lambda m: self.console.log(m)) if self.console else None
-            results = measure_variants(variants, self.batch, seq, self.cfg.threads, self.cfg.task,
+            results = measure_variants(variants, self.batch, self.tokens, self.cfg.threads, self.cfg.task,
                                        rounds=self.cfg.final_rounds, max_seconds=self.cfg.final_seconds,
                                        progress=say)
         base_p50 = results[0]["latency_ms"]["p50"]
@@ -470,7 +474,7 @@ class Search:
                    f"{self.base_metric:.4f}, {best['speedup']:.2f}x fp32, "
                    f"{time.perf_counter() - self.started:.0f} s")
         return Outcome(best["recipe"], results, [r for r in ours if r["recipe"]], summary, self.evaluated,
-                       max(len(self.cache) - self.evaluated, 0))
+                       len(self.resumed))
 
 
 def beam_front(cands: list[Candidate], k: int) -> list[Candidate]:
