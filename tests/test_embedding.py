@@ -63,6 +63,16 @@ def test_sentences_and_calibration_are_real_and_disjoint(texts):
     assert not decoded & {t.lower() for t in texts}
 
 
+def test_distillation_sentences_never_overlap_evaluation_or_calibration():
+    train = embedding.training_sentences(64)
+    assert len(train) == len(set(train)) == 64
+    assert not set(train) & (set(embedding.sentences()) | set(embedding.sentences(calibration=True)))
+    batches, steps = embedding.training_data(n=64, batch=16)
+    first = list(batches(0))
+    assert steps == len(first) == 4 and all(labels is None for _, labels in first)
+    assert not torch.equal(first[0][0][0], list(batches(1))[0][0][0])  # reshuffled per epoch
+
+
 def test_fidelity_counts_neighbour_agreement():
     ref = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.9, 0.1]]), dim=-1)
     swapped = ref[[0, 2, 1, 3]]

@@ -138,8 +138,8 @@ def training_sentences(n: int = 2048) -> list[str]:
     are removed from a larger evenly spread sample), so fidelity is never measured on training text."""
     from ..data.bible import english_sentences
 
-    held_out = set(english_sentences(2 * N_SENTENCES))
-    return [t for t in english_sentences(n + 2 * N_SENTENCES) if t not in held_out][:n]
+    held_out = set(sentences()) | set(sentences(calibration=True))
+    return [t for t in english_sentences(n + len(held_out)) if t not in held_out][:n]
 
 
 def training_data(n: int = 512, batch: int = 32, seed: int = 0):
