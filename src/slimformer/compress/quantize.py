@@ -33,13 +33,14 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
+from .calibrate import input_ranges, smoothing
 from .registry import Step, StepContext, register
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,23 @@ log = logging.getLogger(__name__)
 @dataclass
 class Int8Options:
     compile: bool = False
+    # dynamic: each token's activation scale measured at run time (no calibration needed);
+    # static: one scale per layer fixed from the task's calibration data (compress/calibrate.py), so
+    # quantizing is a plain multiply fused into the op before each GEMM (int8 only, not int8-weight)
+    activations: Literal["dynamic", "static"] = "dynamic"
+    # static only: SmoothQuant migration strength, the share of activation outliers moved into the
+    # weights (0 = none; 0.75 kept MiniLM at cosine 0.996 where plain per-tensor scales gave 0.983)
+    smoothing: float = 0.75
     # fnmatch patterns of Linear module names to leave in float (e.g. "head" for a classifier head)
     skip: list[str] = field(default_factory=list)
     # also store nn.Embedding tables as int8 (per-row scale, dequantized row by row on lookup): half of
     # MiniLM's parameters are its word embeddings, so without this the file cannot shrink below ~0.6x
     embeddings: bool = True
+
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.smoothing < 1:
+            raise SlimformerError(f"option 'smoothing' must be in [0, 1), got {self.smoothing}")
 
 
 @dataclass
@@ -85,33 +98,64 @@ class Int8Linear(nn.Module):
     """`y = x @ W^T + b` with an int8 weight (torchao `Int8Tensor`, one fp32 scale per output row).
 
     dynamic=True quantizes activations per token to int8 at run time (int8 x int8 GEMM, int32
-    accumulate); dynamic=False keeps float activations (weight-only). Shapes: x [..., in] -> [..., out].
-    Saved as plain `weight_int8` [out, in] int8 + `weight_scale` [out] fp32 (+ `bias` [out]).
+    accumulate); dynamic=False keeps float activations (weight-only). static=True (with dynamic) uses
+    calibrated scales instead: input channel j is quantized as `round(x_j / (smooth_j * scale))`, and
+    the weight holds `W * smooth` (SmoothQuant, compress/calibrate.py). Shapes: x [..., in] -> [..., out].
+    Saved as plain `weight_int8` [out, in] int8 + `weight_scale` [out] fp32 (+ `bias` [out]; static
+    adds `input_smooth` [in] and `input_scale` []).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dynamic: bool,
-                 dtype: torch.dtype = torch.float32, weight: Tensor | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, weight: Tensor | None = None, static: bool = False) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.dynamic = in_features, out_features, dynamic
+        if static and not dynamic:
+            raise SlimformerError("static activation scales need int8 activations (step int8, not int8-weight)")
+        self.in_features, self.out_features, self.dynamic, self.static = in_features, out_features, dynamic, static
         if weight is None:  # a skeleton for `restore`: loading the state dict fills it
             weight = _quantized_weight(torch.zeros(out_features, in_features, dtype=dtype), dynamic)
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+        if static:
+            self.register_buffer("input_smooth", torch.ones(in_features))
+            self.register_buffer("input_scale", torch.ones(()))
         self._packed: Any = None  # oneDNN-prepacked weight for the eager fast path, built on first use
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dynamic: bool) -> Int8Linear:
-        """Quantize `linear` with torchao (`quantize_`) and wrap it."""
+    def from_linear(cls, linear: nn.Linear, dynamic: bool, x_range: Tensor | None = None,
+                    alpha: float = 0.0) -> Int8Linear:
+        """Quantize `linear` with torchao (`quantize_`) and wrap it. `x_range` ([in] max |input| per
+        channel on calibration data) makes the activation scales static, smoothed with strength `alpha`."""
+        w = linear.weight.detach()
+        smooth = None if x_range is None else smoothing(x_range, w, alpha)
+        if smooth is not None:
+            w = w * smooth.to(w.dtype)
         out = cls(linear.in_features, linear.out_features, linear.bias is not None, dynamic,
-                  linear.weight.dtype, _quantized_weight(linear.weight.detach(), dynamic))
+                  linear.weight.dtype, _quantized_weight(w, dynamic), static=smooth is not None)
+        if smooth is not None:
+            out.input_smooth.copy_(smooth)
+            out.input_scale.fill_(float((x_range / smooth).max().clamp(min=1e-8)) / 127)
         if linear.bias is not None:
             out.bias.data.copy_(linear.bias.detach())
         return out
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.static:
+            return self._static_forward(x)
         if self.dynamic and not torch.compiler.is_compiling() and x.device.type == "cpu" and _onednn_available():
             return self._onednn_forward(x)
         return F.linear(x, self.weight, self.bias)
+
+    def _static_forward(self, x: Tensor) -> Tensor:
+        """Calibrated scales: quantizing is elementwise (no per-token range to find first), so under
+        torch.compile it fuses into whatever produced `x`; the GEMM is `torch._int_mm` (int8 x int8 ->
+        int32, VNNI), the op inductor emits for torchao's int8 linear, here eager as well."""
+        shape = x.shape
+        step = self.input_smooth * self.input_scale  # constants: folded away under freezing
+        q = torch.round(x.reshape(-1, shape[-1]).float() / step).clamp_(-128, 127).to(torch.int8)
+        y = torch._int_mm(q, self.weight.qdata.t()) * (self.weight.scale.reshape(-1) * self.input_scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def _onednn_forward(self, x: Tensor) -> Tensor:
         """The oneDNN int8 GEMM that inductor lowers torchao's int8 linear to, called eagerly.
@@ -150,10 +194,14 @@ class Int8Linear(nn.Module):
         destination[prefix + "weight_scale"] = self.weight.scale.reshape(-1)
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+        if self.static:
+            destination[prefix + "input_smooth"] = self.input_smooth
+            destination[prefix + "input_scale"] = self.input_scale
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
-        names = ["weight_int8", "weight_scale"] + (["bias"] if self.bias is not None else [])
+        names = (["weight_int8", "weight_scale"] + (["bias"] if self.bias is not None else [])
+                 + (["input_smooth", "input_scale"] if self.static else []))
         for name in names:
             if prefix + name not in state_dict:
                 missing_keys.append(prefix + name)
@@ -169,6 +217,14 @@ class Int8Linear(nn.Module):
         w.scale.copy_(scale.reshape(w.scale.shape))
         if self.bias is not None:
             self.bias.data.copy_(state_dict[prefix + "bias"])
+        if self.static:
+            for name in ("input_smooth", "input_scale"):
+                value = state_dict[prefix + name]
+                if value.shape != getattr(self, name).shape:
+                    error_msgs.append(f"{prefix}{name}: expected shape {tuple(getattr(self, name).shape)}, "
+                                      f"got {tuple(value.shape)}")
+                    return
+                getattr(self, name).copy_(value)
         self._packed = None
         if strict:
             extra = [k for k in state_dict if k.startswith(prefix) and k[len(prefix):] not in names
@@ -176,7 +232,8 @@ class Int8Linear(nn.Module):
             unexpected_keys.extend(extra)
 
     def extra_repr(self) -> str:
-        kind = "int8 x int8 (dynamic)" if self.dynamic else "int8 weight-only"
+        kind = ("int8 x int8 (static)" if self.static else "int8 x int8 (dynamic)") if self.dynamic \
+            else "int8 weight-only"
         return f"in_features={self.in_features}, out_features={self.out_features}, {kind}"
 
 
@@ -243,35 +300,52 @@ def _compile(model: nn.Module) -> nn.Module:
     return model
 
 
-def _quantize(model: nn.Module, opts: Int8Options, dynamic: bool, names: list[str] | None = None) -> nn.Module:
-    for name in (names if names is not None else _named_linears(model, opts.skip)):
+def _quantize(model: nn.Module, opts: Int8Options, dynamic: bool, names: list[str],
+              ranges: dict[str, Tensor] | None = None) -> nn.Module:
+    for name in names:
         linear = model.get_submodule(name)
         if not isinstance(linear, nn.Linear):
             raise SlimformerError(f"quantize: module {name!r} is a {type(linear).__name__}, expected nn.Linear "
                                   "(slimformer.json does not match this architecture)")
-        _swap(model, name, Int8Linear.from_linear(linear, dynamic))
+        x_range = ranges[name] if ranges is not None else None
+        _swap(model, name, Int8Linear.from_linear(linear, dynamic, x_range, opts.smoothing))
     return _compile(model) if opts.compile else model
+
+
+def _step_name(dynamic: bool) -> str:
+    return "int8" if dynamic else "int8-weight"
+
+
+def _check_activations(opts: Int8Options, dynamic: bool) -> bool:
+    """True for static activation scales; refused for weight-only int8, whose activations stay float."""
+    if opts.activations == "static" and not dynamic:
+        raise SlimformerError("step 'int8-weight' keeps activations in float: activations=static applies to "
+                              "step 'int8' only")
+    return opts.activations == "static"
 
 
 def _apply_int8(dynamic: bool):
     def apply(model: nn.Module, opts: Int8Options, ctx: StepContext) -> nn.Module:
+        step = _step_name(dynamic)
         names = _named_linears(model, opts.skip)
         if not names:
-            raise SlimformerError(f"step {'int8' if dynamic else 'int8-weight'!r}: no nn.Linear left to quantize "
-                                  f"(skip={opts.skip})")
+            raise SlimformerError(f"step {step!r}: no nn.Linear left to quantize (skip={opts.skip})")
+        ranges = input_ranges(model, names, ctx, step) if _check_activations(opts, dynamic) else None
         ctx.state["modules"] = names
-        log.info("quantizing %d Linear layers to int8 (%s)", len(names), "dynamic" if dynamic else "weight-only")
+        log.info("quantizing %d Linear layers to int8 (%s)", len(names),
+                 opts.activations if dynamic else "weight-only")
         if opts.embeddings:
             embs = [n for n, m in model.named_modules() if type(m) is nn.Embedding]
             ctx.state["embeddings"] = embs
             for name in embs:
                 _swap(model, name, Int8Embedding.from_embedding(model.get_submodule(name)))
-        return _quantize(model, opts, dynamic, names)
+        return _quantize(model, opts, dynamic, names, ranges)
     return apply
 
 
 def _restore_int8(dynamic: bool):
     def restore(model: nn.Module, opts: Int8Options, state: dict) -> nn.Module:
+        static = _check_activations(opts, dynamic)
         names = state.get("modules")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise SlimformerError("step int8: state 'modules' in slimformer.json must be a list of module names")
@@ -283,7 +357,7 @@ def _restore_int8(dynamic: bool):
             if not isinstance(linear, nn.Linear):
                 raise SlimformerError(f"step int8: module {name!r} is a {type(linear).__name__}, expected nn.Linear")
             _swap(model, name, Int8Linear(linear.in_features, linear.out_features, linear.bias is not None,
-                                          dynamic, linear.weight.dtype))
+                                          dynamic, linear.weight.dtype, static=static))
         for name in state.get("embeddings") or []:
             emb = model.get_submodule(name)
             if not isinstance(emb, nn.Embedding):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models import Encoder, Seq2Seq, ViT
-from ..models.attention import Attention, masked_value, padding_bias, scaled_dot_product
+from ..models.attention import Attention, masked_value, padding_bias
 from ..models.blocks import EncoderBlock
 from .merge import attention_received, attentive_pruning, bipartite_soft_matching, mergeable, size_bias, uniform_merge
 
@@ -153,7 +153,7 @@ def attend(attn: Attention, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Ten
     kv = attn.project_kv(x)
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
-    out = scaled_dot_product(q, kv.k, kv.v, bias)
+    out = attn.kernel(q, kv.k, kv.v, bias)
     out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
     return attn.o(out), q, kv.k
 

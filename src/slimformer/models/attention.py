@@ -93,7 +93,14 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """Multi-head scaled dot-product attention; self- or cross-attention by what is passed as `context`."""
+    """Multi-head scaled dot-product attention; self- or cross-attention by what is passed as `context`.
+
+    `kernel(q, k, v, bias)` computes softmax(q k^T / sqrt(d) + bias) v; an instance may be given
+    another (e.g. a lower-precision one) without touching weights or shapes, as Hugging Face models
+    select theirs by `config._attn_implementation`.
+    """
+
+    kernel = staticmethod(scaled_dot_product)
 
     def __init__(self, d_model: int, n_heads: int, head_dim: int | None = None, bias: bool = True):
         super().__init__()
@@ -141,6 +148,6 @@ class Attention(nn.Module):
             bias = cb if bias is None else bias + cb
         if bias is not None and bias.dtype != q.dtype:
             bias = bias.to(q.dtype)
-        out = scaled_dot_product(q, kv.k, kv.v, bias)
+        out = self.kernel(q, kv.k, kv.v, bias)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.o(out), kv
