@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, help="search output dir (default: runs/search-<target>)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write search_<target>.{json,md}")
     parser.add_argument("--batch", type=int, help="items per call (default: 32 for MiniLM, 64 for digits)")
-    parser.add_argument("--budget", type=float, default=600, help="seconds of exploring before the final run")
+    parser.add_argument("--budget", type=float, default=SearchConfig.budget_s,
+                        help="seconds of exploring before the final run (default: the search's own)")
     parser.add_argument("--skip", default="", help="step families to leave out, comma-separated")
     parser.add_argument("--tiny", action="store_true", help="one family, tiny batch, no baselines: a smoke test")
     args = parser.parse_args(argv)

@@ -2,14 +2,16 @@
 
 The space is every registered step family with a knob swept from mild to aggressive (token merge
 r for images, or for text the share of each row kept; token-prune ratio, head/FFN pruning ratios,
-low-rank energy; int8, bf16 as switches). It is explored cheapest-first and pruned where
+low-rank energy; int8, bf16 as switches, int8 also with calibrated activation scales; bf16-attention
+as a flag that joins them). It is explored cheapest-first and pruned where
 monotonicity says nothing better can follow:
 
 1. Singles: each family alone, mild to aggressive. The metric is computed before latency (it is
    what usually rules a candidate out); a family stops at the first setting over budget, or when a
    more aggressive setting is no faster (the rest of that branch is dominated). A structural step
    that breaks the budget gets one try with distillation after it, where the task can train.
-   Token steps (tome, token-prune) and precision switches pass on every setting inside the budget,
+   Stage 1 gets SINGLES_SHARE of the exploring budget, so combinations always get the rest.
+   Token steps (tome, token-prune), flags and precision switches pass on every setting inside the budget,
    whatever their speed alone: on a small model token bookkeeping costs more than it saves in eager
    mode, not compiled, and compiling pays most once pruning has made the model small.
 2. Combinations: families in order of their best single speedup (token steps last, so they join
@@ -18,7 +20,7 @@ monotonicity says nothing better can follow:
    from the most aggressive down and keeps the first two that fit the budget. The precision
    switches (a recipe holds one) form one group here, tried fastest first. Combinations whose
    estimated latency (product of single-step ratios) gains nothing are never built (token steps are
-   always built and measured).
+   always built and measured, and so are flags).
 3. Final: the front, the fastest few candidates inside the budget (exploring timed each one only
    briefly), fp32 and the external baselines are measured together by the bench runner
    (interleaved, same inputs, peak memory per fresh process) and the best recipe is written as YAML
@@ -75,14 +77,16 @@ TEXT_KNOBS: dict[str, list[tuple[str, Any]]] = {
 KNOB_PRESETS = {"keep_ratio": "schedule=keep,"}  # options a knob needs set beside it
 SWITCHES = ("int8", "bf16", "int8-weight")
 PRECISION = "precision"  # the switches' combined group in stage 2
+# Steps without a knob that combine with a precision switch rather than replace it: tried as they are.
+FLAGS = ("bf16-attention",)
 STRUCTURAL = ("prune-layers", "prune-heads", "prune-ffn", "lowrank")
 # Token steps are judged by accuracy alone in stage 1: in eager mode their merge bookkeeping can cost a
 # small model more than the tokens save, while under a compiled precision step it fuses away. Their
 # speed is measured where it counts, in combinations (stage 2), never estimated from eager singles.
 TOKEN_STEPS = ("tome", "token-prune")
 # Canonical order of steps inside a recipe (structure on float weights, tokens, distill, precision last).
-ORDER = ("prune-layers", "prune-heads", "prune-ffn", "lowrank", "tome", "token-prune", "distill", "int8", "int8-weight",
-         "bf16")
+ORDER = ("prune-layers", "prune-heads", "prune-ffn", "lowrank", "tome", "token-prune", "distill", "bf16-attention",
+         "int8", "int8-weight", "bf16")
 
 
 @dataclass
@@ -96,7 +100,9 @@ class SearchConfig:
     threads: int = 2
     baselines: list[str] = field(default_factory=lambda: ["ort", "torchao"])
     distill: bool = True
-    budget_s: float | None = None  # soft limit on exploring (the final measurement comes after)
+    # soft limit on exploring, None for none; the final measurement comes after. The default keeps a
+    # MiniLM search (batch 32 x 128, 2 cores) within ~15 min in all.
+    budget_s: float | None = 420.0
     beam: int = 4
     final_rounds: int = 60  # at most; as many as fit in final_seconds (small models get many, for stable p50s)
     steps: list[str] | None = None  # restrict the families explored (default: every registered step)
@@ -133,8 +139,8 @@ def join(parts: list[str]) -> str:
 
 
 # Families explored first when time is short: cheap to apply and usually the biggest win.
-PRIORITY = ("int8", "tome", "token-prune", "bf16", "prune-layers", "lowrank", "prune-ffn", "prune-heads",
-            "int8-weight")
+PRIORITY = ("int8", "bf16-attention", "tome", "token-prune", "bf16", "prune-layers", "lowrank", "prune-ffn",
+            "prune-heads", "int8-weight")
 
 
 def priority(name: str) -> int:
@@ -146,6 +152,10 @@ def token_count(model: nn.Module, seq_len: int) -> int:
         return (model.config.image_size // model.config.patch_size) ** 2 + 1
     return seq_len
 
+
+# Share of the exploring budget stage 1 may use: the best recipes are usually combinations, so a long
+# tail of single settings must not leave stage 2 nothing.
+SINGLES_SHARE = 0.6
 
 IDENTITY = {"r": 0, "ratio": 0.0, "keep_rate": 1.0, "energy": 1.0, "keep_ratio": 1.0}  # knobs' "do nothing"
 
@@ -171,14 +181,20 @@ def family_grid(name: str, options: type, tokens: int, text: bool = False) -> li
     """The inline settings of one step, mild to aggressive ([name] for a switch; [] if no known knob)."""
     if name in SWITCHES:
         return switch_grid(name, options)
+    if name in FLAGS:
+        return [name]
     knob = family_knob(name, options, tokens, text)
     return [setting(name, knob[0], v) for v in knob[1]] if knob else []
 
 
 def switch_grid(name: str, options: type) -> list[str]:
-    """A precision step as is, then compiled where it offers that (fuses the dequantize work)."""
+    """A precision step as is, then compiled where it offers that (fuses the dequantize work), then
+    compiled with calibrated activation scales where it offers those (quantizing fuses away too)."""
     fields = {f.name for f in dataclasses.fields(options)}
-    return [name] + ([f"{name}:compile=true"] if "compile" in fields else [])
+    if "compile" not in fields:
+        return [name]
+    return [name, f"{name}:compile=true"] + ([f"{name}:activations=static,compile=true"]
+                                             if "activations" in fields else [])
 
 
 def midpoint(opt: str, lo: Any, hi: Any) -> Any | None:
@@ -301,8 +317,9 @@ class Search:
             self.console.log(f"[green]+[/] {c.recipe}: {self.metric_name} {c.metric:.4f}, "
                              f"{c.latency_ms:.1f} ms ({self.base_ms / c.latency_ms:.2f}x)  [{c.seconds:.0f} s]")
 
-    def over_budget(self) -> bool:
-        return self.cfg.budget_s is not None and time.perf_counter() - self.started > self.cfg.budget_s
+    def over_budget(self, share: float = 1.0) -> bool:
+        """Past `share` of the exploring budget (stage 1 stops at SINGLES_SHARE to leave stage 2 time)."""
+        return self.cfg.budget_s is not None and time.perf_counter() - self.started > share * self.cfg.budget_s
 
     # ---- the search -----------------------------------------------------------------------------
     def can_distill(self) -> bool:
@@ -316,8 +333,8 @@ class Search:
         setting, so a coarse grid does not miss a mild setting that fits."""
         feasible: dict[str, list[Candidate]] = {}
         for name, step in sorted(self.steps.items(), key=lambda kv: priority(kv[0])):
-            knob = None if name in SWITCHES else family_knob(name, step.options, self.tokens, self.text)
-            values = switch_grid(name, step.options) if name in SWITCHES else (knob[1] if knob else [])
+            knob = None if name in SWITCHES + FLAGS else family_knob(name, step.options, self.tokens, self.text)
+            values = family_grid(name, step.options, self.tokens, self.text) if knob is None else knob[1]
             kept: list[Candidate] = []
             distilled = False
 
@@ -327,7 +344,7 @@ class Search:
 
             last_ok = IDENTITY.get(knob[0]) if knob else None
             for value in values:
-                if self.over_budget():
+                if self.over_budget(SINGLES_SHARE):
                     break
                 c = self.evaluate(recipe_for(value, distilled))
                 tick(c)
@@ -345,7 +362,7 @@ class Search:
                 if not c.ok:
                     break
                 last_ok = value
-                if name in TOKEN_STEPS or name in SWITCHES:
+                if name in TOKEN_STEPS + SWITCHES + FLAGS:
                     # every setting inside the budget goes on to stage 2: a token step's cost and a
                     # compiled switch's gain depend on what the other steps leave (compiling pays most
                     # on a model that pruning has made small and overhead-bound)
@@ -368,7 +385,8 @@ class Search:
         if precision:
             singles[PRECISION] = sorted(precision, key=lambda c: -c.latency_ms)
         speed = {n: self.base_ms / min(c.latency_ms for c in cs) for n, cs in singles.items()}
-        order = sorted(singles, key=lambda n: (n in TOKEN_STEPS, -speed[n]))  # token steps join compiled states
+        # flags, then token steps, join last: what they save shows once a compiled precision step is there
+        order = sorted(singles, key=lambda n: (n in TOKEN_STEPS, n in FLAGS, -speed[n]))
         base = Candidate("", self.base_metric, 0.0, self.base_ms, True)
         beam, seen = [base], {}
         for name in order:
@@ -385,7 +403,7 @@ class Search:
                     except SlimformerError:
                         break  # this family cannot follow the state (order / family rule)
                     estimate = state.latency_ms * single.latency_ms / self.base_ms
-                    if name not in TOKEN_STEPS and estimate > state.latency_ms * 0.97:
+                    if name not in TOKEN_STEPS + FLAGS and estimate > state.latency_ms * 0.97:
                         continue  # no gain expected: do not build it
                     c = seen.get(recipe) or self.evaluate(recipe)
                     seen[recipe] = c
