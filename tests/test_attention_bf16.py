@@ -102,3 +102,16 @@ def test_compiled_matches_eager():
 def test_refuses_a_model_without_attention():
     with pytest.raises(SlimformerError, match="bf16-attention"):
         compress_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), "bf16-attention")
+
+
+@pytest.mark.parametrize("name", ["encoder-small", "tiny-bert"])
+def test_joins_token_merging(name):
+    """With ToMe the merged tokens' log-size bias reaches the bf16 kernel: same result as ToMe in fp32
+    attention, within bf16's tolerance."""
+    model, args, kwargs = _case(name)
+    fp32, _ = compress_model(copy.deepcopy(model), "tome:r=2")
+    both, _ = compress_model(copy.deepcopy(model), "tome:r=2+bf16-attention")
+    a, b = _out(fp32, args, kwargs), _out(both, args, kwargs)
+    assert a.shape == b.shape
+    cos = float(F.cosine_similarity(a.flatten(1), b.flatten(1)).min())
+    assert cos > 0.999 and not torch.equal(a, b), f"cosine {cos}"

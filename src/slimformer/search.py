@@ -155,7 +155,7 @@ def token_count(model: nn.Module, seq_len: int) -> int:
 
 # Share of the exploring budget stage 1 may use: the best recipes are usually combinations, so a long
 # tail of single settings must not leave stage 2 nothing.
-SINGLES_SHARE = 0.6
+SINGLES_SHARE = 0.5
 
 IDENTITY = {"r": 0, "ratio": 0.0, "keep_rate": 1.0, "energy": 1.0, "keep_ratio": 1.0}  # knobs' "do nothing"
 
@@ -317,9 +317,17 @@ class Search:
             self.console.log(f"[green]+[/] {c.recipe}: {self.metric_name} {c.metric:.4f}, "
                              f"{c.latency_ms:.1f} ms ({self.base_ms / c.latency_ms:.2f}x)  [{c.seconds:.0f} s]")
 
-    def over_budget(self, share: float = 1.0) -> bool:
-        """Past `share` of the exploring budget (stage 1 stops at SINGLES_SHARE to leave stage 2 time)."""
-        return self.cfg.budget_s is not None and time.perf_counter() - self.started > share * self.cfg.budget_s
+    def over_budget(self, share: float | None = None) -> bool:
+        """Past `share` of the exploring budget (stage 1 stops at SINGLES_SHARE to leave stage 2 time).
+        Without a share: too close to the whole budget to fit another candidate as long as the longest
+        one so far, since a compiled candidate can take minutes and the budget is what bounds a search."""
+        if self.cfg.budget_s is None:
+            return False
+        elapsed = time.perf_counter() - self.started
+        if share is not None:
+            return elapsed > share * self.cfg.budget_s
+        longest = max((c["seconds"] for c in self.cache.values() if c["recipe"] not in self.loaded), default=0.0)
+        return elapsed + longest > self.cfg.budget_s
 
     # ---- the search -----------------------------------------------------------------------------
     def can_distill(self) -> bool:
@@ -396,6 +404,8 @@ class Search:
                     break
                 found = 0
                 for single in reversed(singles[name]):  # most aggressive first
+                    if self.over_budget():
+                        break
                     parts = [p for p in state.recipe.split("+") if p] + single.recipe.split("+")
                     recipe = join(parts)
                     try:

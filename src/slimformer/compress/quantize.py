@@ -26,6 +26,11 @@ Speed on CPU (measured on an AMD EPYC with AVX512-VNNI + BF16, no AMX; see bench
   elementwise work gain less).
 - `compile: true` (torch.compile, inductor, freezing) fuses the elementwise work around the GEMMs, at a
   one-off compile cost of tens of seconds to minutes per input shape on 2 cores.
+- `activations: static` fixes each layer's activation scale from the task's calibration data, with
+  SmoothQuant's outlier migration (compress/calibrate.py). Quantizing is then a plain multiply that
+  inductor fuses into the LayerNorm / GELU before each GEMM, instead of a per-token range reduction
+  followed by a second pass. Compiled MiniLM: ~0.85x the dynamic int8 latency at cosine 0.996 (vs
+  0.997); in eager mode the unfused quantize ops make it slower than dynamic.
 """
 
 from __future__ import annotations
@@ -404,7 +409,8 @@ def _restore_bf16(model: nn.Module, opts: Bf16Options, state: dict) -> nn.Module
 
 
 register(Step("int8", Int8Options, _apply_int8(True),
-              "int8 weights x int8 activations quantized per token at run time (torchao, oneDNN VNNI GEMM)",
+              "int8 weights x int8 activations, quantized per token at run time or with calibrated scales "
+              "(torchao, VNNI GEMMs)",
               restore=_restore_int8(True), makes_low_precision=True))
 register(Step("int8-weight", Int8Options, _apply_int8(False),
               "int8 weights, float activations (torchao weight-only): 4x smaller Linears",
