@@ -30,7 +30,7 @@ from .tasks import digits
 log = logging.getLogger(__name__)
 
 DEMO_MODEL_VERSION = "digits-vit-v1"
-DEMO_RECIPE = "prune-layers:ratio=0.5+prune-ffn:ratio=0.25+distill+bf16:compile=true"
+DEMO_RECIPE = "prune-layers:ratio=0.5+distill+int8:activations=static,compile=true"
 BATCH = 64
 MAX_DROP = 0.01
 
