@@ -86,3 +86,31 @@ def test_tiny_search_runs_writes_and_resumes(digits_model_dir, tmp_path):
         again.evaluate(recipe)
     assert again.evaluated == 0  # resumed entirely from the cache
     assert again.resumed == set(cache)  # and counted as resumed, each once
+
+
+def test_budget_leaves_room_for_the_longest_candidate(tmp_path):
+    """Stage 1 stops at its share of the budget; stage 2 starts no candidate that, taking as long as the
+    longest so far, would overrun the whole budget (a compiled candidate can take minutes)."""
+    import time
+
+    from slimformer.search import SINGLES_SHARE, Search
+
+    cfg = SearchConfig(model="vit-tiny", task="digits", max_drop=0.01, out=tmp_path, batch=4, budget_s=100.0)
+    s = Search(cfg)
+    s.started = time.perf_counter() - 40  # 40 s spent
+    assert not s.over_budget() and not s.over_budget(SINGLES_SHARE)
+    s.cache["slow"] = {"recipe": "slow", "seconds": 70.0}
+    assert s.over_budget()  # 40 + 70 > 100
+    s.loaded = {"slow"}  # an earlier run's entry says nothing about this run's pace
+    assert not s.over_budget()
+    s.started = time.perf_counter() - 60
+    assert s.over_budget(SINGLES_SHARE) and not s.over_budget()
+    assert not Search(SearchConfig(model="vit-tiny", task="digits", max_drop=0.01, out=tmp_path,
+                                   budget_s=None)).over_budget()
+
+
+def test_flags_and_static_int8_are_in_the_space():
+    steps = all_steps()
+    assert family_grid("bf16-attention", steps["bf16-attention"].options, tokens=65) == ["bf16-attention"]
+    assert "int8:activations=static,compile=true" in family_grid("int8", steps["int8"].options, tokens=65)
+    assert join(["int8:compile=true", "bf16-attention", "tome:r=2"]) == "tome:r=2+bf16-attention+int8:compile=true"
