@@ -44,10 +44,11 @@ def pareto_png(runs: list[Run], metric: str | None, floor: float | None = None) 
         if front:
             ax.plot([p[1] for p in front], [sign * p[2] for p in front], "-o", color=color, lw=2, ms=7,
                     label=f"Pareto front{tag}", zorder=4)
-            for p in front:
+            # front points sorted by latency: labels alternate above and below so neighbours do not overlap
+            for k, p in enumerate(sorted(front, key=lambda p: p[1])):
                 label = p[0]["recipe"] or "fp32"
-                ax.annotate(label, (p[1], sign * p[2]), textcoords="offset points", xytext=(6, 6), fontsize=7,
-                            color=color)
+                ax.annotate(label, (p[1], sign * p[2]), textcoords="offset points",
+                            xytext=(6, 6 if k % 2 == 0 else -12), fontsize=7, color=color)
         for p in ours:
             if p[0]["recipe"] == "":
                 ax.scatter([p[1]], [sign * p[2]], marker="*", s=220, color="black", zorder=5,
