@@ -1,10 +1,14 @@
 """`bf16-attention`: attention scores, softmax and weighted values in bfloat16; projections untouched.
 
 Why: small heads make attention expensive out of proportion. On MiniLM (12 heads of 32 dims, 128
-tokens) attention is ~5 % of the FLOPs but a quarter of an int8 model's time, because the fp32 CPU
-flash kernel is blocked for long sequences and wide heads. Two AVX512-BF16 batched GEMMs around a
-softmax do the same work in ~0.65x the time (benchmarks/attention.py measures it). bf16 keeps fp32's
-exponent range, so masks keep working, and the softmax accumulates in fp32 inside the kernel.
+tokens) attention is ~5 % of the FLOPs but over a quarter of a compiled int8 model's time (profiled),
+because the fp32 CPU flash kernel is blocked for long sequences and wide heads. Two AVX512-BF16 batched
+GEMMs around a softmax do the same work faster once the casts fuse into the neighbouring kernels: in
+the MiniLM search's final run, adding this step took compiled int8 from 260.7 to 240.1 ms per batch
+(static scales) and from 304.2 to 274.3 ms (dynamic). Alone, with its casts unfused, the kernel is
+0.85x to 1.04x the flash kernel's time at that shape (benchmarks/attention.py), so it is a step for
+compiled models. bf16 keeps fp32's exponent range, so masks keep working; the softmax accumulates in
+fp32 inside the kernel.
 
 The kernel is a torch custom op, so torch.compile calls it as it is (inductor's own lowering of the
 same ops ran slower); the casts to and from bf16 stay outside it, where the compiler fuses them into
