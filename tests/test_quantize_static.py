@@ -112,3 +112,19 @@ def test_static_refuses_what_it_cannot_do():
     assert "dynamic" in str(e.value) and "static" in str(e.value)
     with pytest.raises(SlimformerError, match="smoothing"):
         parse_recipe("int8:activations=static,smoothing=1.5")
+
+
+def test_smoothing_benchmark_tiny(tmp_path):
+    """benchmarks/smoothing.py --tiny on the real MiniLM (32 verses): runs, writes, and static int8 with
+    the default migration stays close to dynamic int8."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "smoothing.py"
+    spec = importlib.util.spec_from_file_location("smoothing_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--tiny", "--threads", "1", "--out", str(tmp_path)])
+    cos = {r["recipe"]: r["cosine"] for r in report["rows"]}
+    assert cos["int8:activations=static,smoothing=0.75"] > 0.99 and cos["int8"] > 0.99
+    assert (tmp_path / "smoothing.md").exists() and report["layers"]

@@ -59,7 +59,8 @@ class Int8Options:
     # quantizing is a plain multiply fused into the op before each GEMM (int8 only, not int8-weight)
     activations: Literal["dynamic", "static"] = "dynamic"
     # static only: SmoothQuant migration strength, the share of activation outliers moved into the
-    # weights (0 = none; 0.75 kept MiniLM at cosine 0.996 where plain per-tensor scales gave 0.983)
+    # weights (0 = none). On MiniLM (benchmarks/results/smoothing.md) 0 gives cosine 0.983, 0.5 0.936,
+    # 0.75 0.996, 0.85-0.9 0.998; the searches in benchmarks/results ran with this 0.75.
     smoothing: float = 0.75
     # fnmatch patterns of Linear module names to leave in float (e.g. "head" for a classifier head)
     skip: list[str] = field(default_factory=list)
