@@ -84,6 +84,8 @@ def export_onnx(model: nn.Module, args: tuple, kwargs: dict, path: Path) -> Path
     """Export `model` (fp32, eval) to one self-contained ONNX file with the dynamo exporter."""
     path.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # onnxscript's constant folder warns for every node it leaves to run time (e.g. HF's mask reshapes)
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)
     with torch.no_grad():
         program = torch.onnx.export(_FirstOutput(model).eval(), args, kwargs=kwargs, dynamo=True,
                                     external_data=False, verbose=False)
