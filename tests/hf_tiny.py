@@ -33,3 +33,21 @@ def bert_inputs(batch: int = 3, seq: int = 12, seed: int = 1) -> tuple:
 def vit_inputs(batch: int = 3, seed: int = 1) -> tuple:
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(batch, 1, 8, 8, generator=g),)
+
+
+def model_and_inputs(name: str, pad_row: bool = False) -> tuple:
+    """(model, args, kwargs) for a tiny HF model ("tiny-bert", "tiny-hf-vit") or a built-in one, with
+    fresh inputs (seed 7). pad_row: on encoder-small, pad the first row's second half (masking exercised)."""
+    if name == "tiny-bert":
+        ids, mask = bert_inputs(seed=7)
+        return tiny_bert(), (), {"input_ids": ids, "attention_mask": mask}
+    if name == "tiny-hf-vit":
+        return tiny_hf_vit(), vit_inputs(seed=7), {}
+    from slimformer import io
+    from slimformer.bench.inputs import example_inputs
+
+    model = io.load(name)
+    args, kwargs = example_inputs(model, batch=3, seq_len=12, seed=7)
+    if pad_row and name == "encoder-small":
+        args[1][0, 6:] = False
+    return model, args, kwargs

@@ -8,12 +8,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_tiny import bert_inputs, tiny_bert, tiny_hf_vit, vit_inputs
+from hf_tiny import model_and_inputs
 
 from slimformer import io
 from slimformer.api import compress_model
 from slimformer.bench.baselines import first_output
-from slimformer.bench.inputs import example_inputs
 from slimformer.compress.attention_bf16 import bf16_attention
 from slimformer.errors import SlimformerError
 from slimformer.models.attention import padding_bias, scaled_dot_product
@@ -54,22 +53,9 @@ def test_kernel_is_differentiable():
         assert float((a.grad - b.grad).abs().max()) < 5e-2
 
 
-def _case(name):
-    if name == "tiny-bert":
-        ids, mask = bert_inputs(seed=7)
-        return tiny_bert(), (), {"input_ids": ids, "attention_mask": mask}
-    if name == "tiny-hf-vit":
-        return tiny_hf_vit(), vit_inputs(seed=7), {}
-    model = io.load(name)
-    args, kwargs = example_inputs(model, batch=3, seq_len=12, seed=7)
-    if name == "encoder-small":
-        args[1][0, 6:] = False  # one padded row
-    return model, args, kwargs
-
-
 @pytest.mark.parametrize("name", ["vit-tiny", "encoder-small", "seq2seq-small", "tiny-bert", "tiny-hf-vit"])
 def test_step_close_to_fp32_and_reloads(name, tmp_path):
-    model, args, kwargs = _case(name)
+    model, args, kwargs = model_and_inputs(name, pad_row=True)
     ref = _out(model, args, kwargs)
     m, record = compress_model(copy.deepcopy(model), "bf16-attention")
     y = _out(m, args, kwargs)
@@ -81,7 +67,7 @@ def test_step_close_to_fp32_and_reloads(name, tmp_path):
 
 def test_padding_is_respected_on_bert():
     """A padded row gives the same embeddings for its real tokens as the row alone, unpadded."""
-    model, _, kwargs = _case("tiny-bert")
+    model, _, kwargs = model_and_inputs("tiny-bert")
     m, _ = compress_model(copy.deepcopy(model), "bf16-attention")
     ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
     n = int(mask[0].sum())
@@ -91,7 +77,7 @@ def test_padding_is_respected_on_bert():
 
 
 def test_compiled_matches_eager():
-    model, args, kwargs = _case("encoder-small")
+    model, args, kwargs = model_and_inputs("encoder-small", pad_row=True)
     eager, _ = compress_model(copy.deepcopy(model), "bf16-attention")
     compiled, _ = compress_model(copy.deepcopy(model), "bf16-attention+int8:compile=true")
     plain, _ = compress_model(copy.deepcopy(model), "bf16-attention+int8")
@@ -108,7 +94,7 @@ def test_refuses_a_model_without_attention():
 def test_joins_token_merging(name):
     """With ToMe the merged tokens' log-size bias reaches the bf16 kernel: same result as ToMe in fp32
     attention, within bf16's tolerance."""
-    model, args, kwargs = _case(name)
+    model, args, kwargs = model_and_inputs(name, pad_row=True)
     fp32, _ = compress_model(copy.deepcopy(model), "tome:r=2")
     both, _ = compress_model(copy.deepcopy(model), "tome:r=2+bf16-attention")
     a, b = _out(fp32, args, kwargs), _out(both, args, kwargs)

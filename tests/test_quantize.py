@@ -8,12 +8,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_tiny import bert_inputs, tiny_bert, tiny_hf_vit, vit_inputs
+from hf_tiny import model_and_inputs
 
 from slimformer import io
 from slimformer.api import compress_model
 from slimformer.bench.baselines import first_output
-from slimformer.bench.inputs import example_inputs
 from slimformer.compress.quantize import Int8Embedding, Int8Linear
 from slimformer.compress.recipe import parse_recipe
 from slimformer.errors import SlimformerError
@@ -24,17 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # L2 error of the whole output). int8 rounds weights and activations to 8 bits: ~1 % error on these
 # random-weight models; bf16 has an 8-bit mantissa: ~0.5 %.
 TOL = {"int8": (0.05, 0.995), "int8-weight": (0.05, 0.995), "bf16": (0.03, 0.998)}
-
-
-def _model_and_inputs(name: str):
-    if name == "tiny-bert":
-        ids, mask = bert_inputs(seed=7)
-        return tiny_bert(), (), {"input_ids": ids, "attention_mask": mask}
-    if name == "tiny-hf-vit":
-        return tiny_hf_vit(), vit_inputs(seed=7), {}
-    model = io.load(name)
-    args, kwargs = example_inputs(model, batch=3, seq_len=12, seed=7)
-    return model, args, kwargs
 
 
 def _out(model, args, kwargs) -> torch.Tensor:
@@ -48,7 +36,7 @@ MODELS = ["vit-tiny", "encoder-small", "tiny-bert", "tiny-hf-vit"]
 @pytest.mark.parametrize("step", list(TOL))
 @pytest.mark.parametrize("name", MODELS)
 def test_close_to_fp32_and_reloads_identically(name, step, tmp_path):
-    model, args, kwargs = _model_and_inputs(name)
+    model, args, kwargs = model_and_inputs(name)
     ref = _out(model, args, kwargs)
     q, record = compress_model(copy.deepcopy(model), step)
     y = _out(q, args, kwargs)

@@ -18,39 +18,18 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
-from .prune import calibration_batches
+from .prune import over_inputs
 from .registry import StepContext
 
 
-@torch.no_grad()
 def input_ranges(model: nn.Module, names: list[str], ctx: StepContext, step: str) -> dict[str, Tensor]:
     """name -> `[in_features]`: max |input| per channel of each named Linear over the task's calibration
     data. Refuses to guess from random inputs: static scales from the wrong distribution clip real data."""
     if ctx.calib is None:
         raise SlimformerError(f"step {step!r}: static activation scales need calibration data; apply it "
                               "with a task (e.g. --task embedding) or use activations=dynamic")
-    ranges: dict[str, Tensor] = {}
-
-    def hook_for(name: str):
-        def hook(_module, inputs):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().amax(0).float()
-            ranges[name] = torch.maximum(ranges[name], x) if name in ranges else x
-        return hook
-
-    hooks = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in names]
-    was_training = model.training
-    model.eval()
-    try:
-        for args, kwargs in calibration_batches(model, ctx, step):
-            model(*args, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    missing = [n for n in names if n not in ranges]
-    if missing:
-        raise SlimformerError(f"step {step!r}: calibration data never reached {missing[0]}")
-    return ranges
+    return over_inputs(model, ctx, step, {n: model.get_submodule(n) for n in names},
+                       lambda _name, x: x.abs().amax(0).float(), torch.maximum)
 
 
 def smoothing(x_range: Tensor, weight: Tensor, alpha: float) -> Tensor:

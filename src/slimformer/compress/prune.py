@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,25 +105,21 @@ def calibration_batches(model: nn.Module, ctx: StepContext, step: str) -> Iterat
 
 
 @torch.no_grad()
-def input_scores(model: nn.Module, slots: dict[str, tuple[Slot, int]], ctx: StepContext, step: str
-                 ) -> dict[str, Tensor]:
-    """Run calibration data and score the input groups of each Linear in `slots`.
-
-    slots: key -> (slot of a Linear, group size). Returns key -> `[groups]` contribution sums.
-    """
+def over_inputs(model: nn.Module, ctx: StepContext, step: str, modules: dict[str, nn.Module],
+                measure: Callable[[str, Tensor], Tensor], combine: Callable[[Tensor, Tensor], Tensor]
+                ) -> dict[str, Tensor]:
+    """Run the calibration data through `model` (eval mode, restored after) and, for each key's module,
+    `measure(key, x)` its input x `[tokens, features]`, folded over batches with `combine`. Refuses
+    when the data never reached a module."""
     totals: dict[str, Tensor] = {}
-    hooks = []
 
-    def hook_for(key: str, linear: nn.Linear, group: int):
+    def hook_for(key: str):
         def hook(_module, inputs):
-            x = inputs[0].reshape(-1, inputs[0].shape[-1])
-            s = group_contribution(x, linear.weight, group)
-            totals[key] = totals[key] + s if key in totals else s
+            value = measure(key, inputs[0].detach().reshape(-1, inputs[0].shape[-1]))
+            totals[key] = combine(totals[key], value) if key in totals else value
         return hook
 
-    for key, (slot, group) in slots.items():
-        linear = slot.linear(step)
-        hooks.append(linear.register_forward_pre_hook(hook_for(key, linear, group)))
+    hooks = [module.register_forward_pre_hook(hook_for(key)) for key, module in modules.items()]
     was_training = model.training
     model.eval()
     try:
@@ -133,10 +129,21 @@ def input_scores(model: nn.Module, slots: dict[str, tuple[Slot, int]], ctx: Step
         for h in hooks:
             h.remove()
         model.train(was_training)
-    missing = [k for k in slots if k not in totals]
+    missing = [k for k in modules if k not in totals]
     if missing:
         raise SlimformerError(f"step {step!r}: calibration data never reached {missing[0]}")
     return totals
+
+
+def input_scores(model: nn.Module, slots: dict[str, tuple[Slot, int]], ctx: StepContext, step: str
+                 ) -> dict[str, Tensor]:
+    """Run calibration data and score the input groups of each Linear in `slots`.
+
+    slots: key -> (slot of a Linear, group size). Returns key -> `[groups]` contribution sums.
+    """
+    linears = {key: slot.linear(step) for key, (slot, _) in slots.items()}
+    return over_inputs(model, ctx, step, linears,
+                       lambda key, x: group_contribution(x, linears[key].weight, slots[key][1]), torch.add)
 
 
 # ---- structure changes (used by apply and by restore) ---------------------------------------------
