@@ -341,8 +341,8 @@ class Search:
         setting, so a coarse grid does not miss a mild setting that fits."""
         feasible: dict[str, list[Candidate]] = {}
         for name, step in sorted(self.steps.items(), key=lambda kv: priority(kv[0])):
-            knob = None if name in SWITCHES + FLAGS else family_knob(name, step.options, self.tokens, self.text)
-            values = family_grid(name, step.options, self.tokens, self.text) if knob is None else knob[1]
+            knob = family_knob(name, step.options, self.tokens, self.text)  # None for switches and flags
+            values = knob[1] if knob else family_grid(name, step.options, self.tokens, self.text)
             kept: list[Candidate] = []
             distilled = False
 

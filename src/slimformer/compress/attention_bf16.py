@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
-from ..models.attention import Attention, causal_bias, masked_value
+from ..models.attention import Attention, additive, causal_bias
 from ..models.hf import is_hf_model
 from .registry import Step, StepContext, register
 
@@ -58,9 +58,7 @@ def bf16_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None,
     (True = attend) bias broadcastable to the scores; the result comes back in q's dtype."""
     dtype, bf16 = q.dtype, torch.bfloat16
     if bias is not None:
-        if bias.dtype == torch.bool:
-            bias = torch.zeros(bias.shape, dtype=bf16, device=bias.device).masked_fill_(~bias, masked_value(bf16))
-        bias = bias.to(bf16)
+        bias = additive(bias, bf16).to(bf16)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     args = ((q * scale).to(bf16).contiguous(), k.to(bf16).contiguous(), v.to(bf16).contiguous(), bias)
     differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models import Encoder, Seq2Seq, ViT
-from ..models.attention import Attention, masked_value, padding_bias
+from ..models.attention import Attention, additive, padding_bias
 from ..models.blocks import EncoderBlock
 from .merge import attention_received, attentive_pruning, bipartite_soft_matching, mergeable, size_bias, uniform_merge
 
@@ -137,13 +137,6 @@ class TokenReducer:
         self.changed = True
         self.bias = size_bias(self.size, True, x.dtype) if self.prop_attn else None
         return x
-
-
-def additive(bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """A boolean keep-mask (as Hugging Face builds for SDPA) as an additive bias; float biases pass."""
-    if bias is None or bias.dtype != torch.bool:
-        return bias
-    return torch.zeros(bias.shape, dtype=dtype, device=bias.device).masked_fill_(~bias, masked_value(dtype))
 
 
 def attend(attn: Attention, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

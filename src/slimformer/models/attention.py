@@ -29,6 +29,13 @@ def padding_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return bias[:, None, None, :]
 
 
+def additive(bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """A boolean keep-mask (as Hugging Face builds for SDPA) as an additive bias; float biases pass."""
+    if bias is None or bias.dtype != torch.bool:
+        return bias
+    return torch.zeros(bias.shape, dtype=dtype, device=bias.device).masked_fill_(~bias, masked_value(dtype))
+
+
 def causal_bias(n_queries: int, n_keys: int, device: torch.device | None = None,
                 dtype: torch.dtype = torch.float32) -> Tensor:
     """Additive causal bias `[queries, keys]` for queries that are the *last* `n_queries` positions.
