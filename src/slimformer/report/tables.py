@@ -115,11 +115,14 @@ def headers(metric: str | None) -> list[str]:
 
 
 def env_line(run: Run) -> str:
+    """The run's machine (CPU model, cores and the features that decide which recipe is fast) and shapes."""
+    from ..bench.env import features_line
+
     e, first = run.env, run.results[0] if run.results else {}
     versions = e.get("versions", {})
-    return (f"CPU {e.get('cpu', '?')} ({e.get('cores', '?')} cores), {first.get('threads', '?')} threads, "
+    return (f"{features_line(e)}; {first.get('threads', '?')} threads, "
             f"batch {first.get('batch', '?')}, seq {first.get('seq_len', '?')}, torch {versions.get('torch', '?')}"
-            + (f", onnxruntime {versions['onnxruntime']}" if "onnxruntime" in versions else "")
+            + "".join(f", {pkg} {versions[pkg]}" for pkg in ("onnxruntime", "openvino", "nncf") if pkg in versions)
             + (f", GPU {e['gpu']}" if e.get("gpu") else ""))
 
 
