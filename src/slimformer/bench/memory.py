@@ -144,17 +144,32 @@ def model_dir_runner(path: str, batch: int, seq_len: int) -> Callable[[], object
 
 def onnx_runner(path: str, inputs: str, threads: int) -> Callable[[], object]:
     """Open an ONNX Runtime session on `path` and return a call on the saved benchmark inputs."""
-    from safetensors import safe_open
-
     from .baselines import ort_session
 
-    with safe_open(inputs, framework="pt") as f:
-        order = json.loads(f.metadata()["order"])
-        values = [f.get_tensor(k) for k in order]
+    values = _saved_inputs(inputs)
     session = ort_session(Path(path), threads)
     names = [i.name for i in session.get_inputs()]
     feeds = {n: v.numpy() for n, v in zip(names, values, strict=True)}
     return lambda: session.run(None, feeds)
+
+
+def openvino_runner(path: str, inputs: str, threads: int, precision: str | None) -> Callable[[], object]:
+    """Compile an OpenVINO IR as the baseline did and return a call on the saved benchmark inputs."""
+    from .baselines import ov_compile
+
+    values = _saved_inputs(inputs)
+    compiled = ov_compile(Path(path), threads, precision)
+    feeds = {p.get_any_name(): v.numpy() for p, v in zip(compiled.inputs, values, strict=True)}
+    return lambda: compiled(feeds)
+
+
+def _saved_inputs(path: str) -> list:
+    """The benchmark inputs saved by `runner.save_inputs`, in call order."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        order = json.loads(f.metadata()["order"])
+        return [f.get_tensor(k) for k in order]
 
 
 def allocation_probe(mb: float) -> Callable[[], object]:
