@@ -158,10 +158,10 @@ def _parse_inline(spec: str) -> list[tuple[str, dict[str, Any]]]:
 
 def _parse_yaml(data: Any, source: str) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(data, dict):
-        unknown = set(data) - {"steps", "name", "description"}
+        unknown = set(data) - {"steps", "name", "description", "measured_on"}
         if unknown:
             raise SlimformerError(f"{source}: unknown top-level key(s) {', '.join(map(repr, sorted(unknown)))}; "
-                                  "valid: steps, name, description")
+                                  "valid: steps, name, description, measured_on")
         data = data.get("steps")
     if not isinstance(data, list):
         raise SlimformerError(f"{source}: expected a list of steps under 'steps'")
@@ -178,8 +178,12 @@ def _parse_yaml(data: Any, source: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def parse_recipe(spec: str | Path | list | None) -> list[RecipeStep]:
-    """Parse and fully validate a recipe: YAML file path, inline spec, or already-parsed list."""
+def parse_recipe(spec: str | Path | list | None, task: str | None = None) -> list[RecipeStep]:
+    """Parse and fully validate a recipe: YAML file path, inline spec, already-parsed list, or a preset
+    (`fast`, `small`: the measured pick for `task` on this CPU, see presets.py)."""
+    from .presets import expand
+
+    spec = expand(spec, task)
     if spec is None or spec == "" or spec == "none":
         return []
     if isinstance(spec, list):
