@@ -52,7 +52,7 @@ def step_context(task: str | None, teacher: nn.Module | None = None) -> StepCont
 def compress_model(model: nn.Module, recipe: str | Path | list[RecipeStep] | None, task: str | None = None,
                    applied: list[dict] | None = None) -> tuple[nn.Module, list[dict]]:
     """Apply a recipe in memory. Returns the compressed model and the full recipe record."""
-    steps = recipe if isinstance(recipe, list) else parse_recipe(recipe)
+    steps = recipe if isinstance(recipe, list) else parse_recipe(recipe, task)  # `fast` resolves by task
     import copy
 
     teacher = copy.deepcopy(model).eval() if any(s.step.name == "distill" for s in steps) else None
@@ -63,8 +63,8 @@ def compress_model(model: nn.Module, recipe: str | Path | list[RecipeStep] | Non
 
 def compress(model_ref: str | Path, recipe: str | Path, out: str | Path, task: str | None = None) -> Path:
     """Load a model, apply a recipe, save the result as a model dir (atomically, nothing partial)."""
-    steps = parse_recipe(recipe)  # validate before loading anything heavy
     task = task or model_task(model_ref)
+    steps = parse_recipe(recipe, task)  # validate before loading anything heavy
     model = io.load(model_ref)
     model, record = compress_model(model, steps, task, recipe_of(model_ref))
     extra = {"task": task} if task else {}
