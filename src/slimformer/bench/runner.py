@@ -152,12 +152,14 @@ def measure_variants(variants: list[Variant], batch: int, seq_len: int, threads:
 
 
 def baseline_variants(model: nn.Module, which: list[str], inputs: tuple[tuple, dict], workdir: Path,
-                      threads: int, task: str | None) -> list[Variant]:
-    """External baselines (ONNX Runtime fp32 / dynamic int8, torchao int8) built by `bench.baselines`.
+                      threads: int, task: str | None,
+                      evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> list[Variant]:
+    """External baselines (ONNX Runtime fp32 / dynamic / static int8, OpenVINO fp32 / bf16 / NNCF int8,
+    torchao int8) built by `bench.baselines`, static ones calibrated on the task's calibration data.
 
-    They are timed on the same inputs as our variants. Their task metric is not computed (ONNX graphs
-    are exported for the benchmark's fixed shapes), so reports show them as latency-only markers.
-    ONNX Runtime's peak memory is measured like ours: a fresh process loads the .onnx file and runs it.
+    They are timed on the same inputs as our variants, and their task metric is computed as ours is
+    (`evaluate`, default the task's own, run on the baseline wrapped as a model). Their peak memory is
+    measured like ours: a fresh process loads the artifact (.onnx file, OpenVINO IR) and runs it.
     """
     if not which:
         return []
@@ -166,21 +168,25 @@ def baseline_variants(model: nn.Module, which: list[str], inputs: tuple[tuple, d
     except ImportError as e:
         log.warning("baselines %s skipped: %s", ",".join(which), e)
         return []
+    from ..tasks import get_task
+
+    module = get_task(task) if task else None
+    evaluate = evaluate or (module.evaluate if module else None)
+    calib = getattr(module, "calibration", None)
     args, kwargs = inputs
     workdir = Path(workdir)
     save_inputs(inputs, workdir / "inputs.safetensors")
     out = []
-    for b in build_baselines(which, model, args, kwargs, workdir / "baselines", threads=threads):
+    for b in build_baselines(which, model, args, kwargs, workdir / "baselines", threads=threads, calib=calib):
         def fn(b=b) -> object:
             return b(*args, **kwargs)
 
+        metrics = evaluate(b.module()) if evaluate and b.dynamic else {}
         v = Variant(name=b.name, recipe="", fn=fn, dtype=b.dtype, kind="baseline", size_mb=b.size_mb,
-                    preload=["onnxruntime", "slimformer.bench.baselines"])
-        onnx = {"ort-fp32": "model.onnx", "ort-int8": "model.int8.onnx"}.get(b.name)
-        if onnx and (workdir / "baselines" / "ort" / onnx).exists():
-            v.memory = ("slimformer.bench.memory:onnx_runner", {
-                "path": str(workdir / "baselines" / "ort" / onnx), "inputs": str(workdir / "inputs.safetensors"),
-                "threads": threads})
+                    preload=["onnxruntime", "openvino", "slimformer.bench.baselines"], metrics=metrics)
+        if b.memory is not None:
+            factory, spec = b.memory
+            v.memory = (factory, {**spec, "inputs": str(workdir / "inputs.safetensors")})
         out.append(v)
     return out
 
@@ -205,11 +211,12 @@ def bench(model_ref: str | Path, recipes: list[str] | None = None, batch: int = 
     task: when given, every variant's task metric is computed too (on the task's real data).
     """
     from ..api import compress_model, recipe_of
+    from ..compress.presets import expand  # a preset's row shows the concrete recipe it resolved to
     from ..compress.recipe import parse_recipe
     from ..tasks import get_task
 
     for r in recipes or []:
-        parse_recipe(r)  # every recipe validated before anything heavy runs
+        parse_recipe(r, task)  # every recipe validated before anything heavy runs
     if batch < 1 or seq_len < 1 or threads < 1:
         raise SlimformerError(f"--batch, --seq and --threads must be >= 1, got {batch}, {seq_len}, {threads}")
     torch.set_num_threads(threads)
@@ -227,7 +234,7 @@ def bench(model_ref: str | Path, recipes: list[str] | None = None, batch: int = 
         for r in recipes or []:
             say(f"compress: {r}")
             model, record = compress_model(io.load(model_ref), r, task, applied)
-            variants.append(torch_variant(r, model, r, record, inputs, tmp_path, batch, seq_len,
+            variants.append(torch_variant(r, model, str(expand(r, task)), record, inputs, tmp_path, batch, seq_len,
                                           evaluate(model) if evaluate else None))
         variants += baseline_variants(base, baselines or [], inputs, tmp_path, threads, task)
         return measure_variants(variants, batch, seq, threads, task, rounds=rounds, memory=memory, progress=say)
