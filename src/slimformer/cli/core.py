@@ -44,6 +44,16 @@ def models() -> None:
     for row in describe_steps():
         table.add_row(*row)
     console.print(table)
+    from ..compress.presets import describe_presets
+    from ..cpu import cpu_features, cpu_kind
+
+    f = cpu_features()
+    table = Table(title=f"recipe presets on this CPU ({f['model']}, kind {cpu_kind(f)}): --recipe fast | small")
+    for col in ("preset", "task", "resolves to", "measured on"):
+        table.add_column(col)
+    for row in describe_presets([*TASKS, None]):
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command()
