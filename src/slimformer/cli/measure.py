@@ -13,7 +13,7 @@ console = Console()
 if not console.is_terminal:  # piped or logged: do not squeeze tables into 80 columns
     console = Console(width=200)
 
-BASELINES = ("ort", "torchao")
+BASELINES = ("ort", "openvino", "torchao")
 
 
 def parse_baselines(text: str | None) -> list[str]:
@@ -33,7 +33,7 @@ def bench(
     batch: int = typer.Option(8, "--batch", help="items per forward call"),
     seq: int = typer.Option(128, "--seq", help="sequence length for text models (ViTs use their patch count)"),
     threads: int = typer.Option(2, "--threads", help="intra-op threads for every variant"),
-    baselines: str = typer.Option(None, "--baselines", help="external baselines: ort,torchao"),
+    baselines: str = typer.Option(None, "--baselines", help="external baselines: ort,openvino,torchao"),
     task: str = typer.Option(None, "--task", help="also compute this task's metric for every variant"),
     rounds: int = typer.Option(10, "--rounds", help="interleaved timing rounds (2 calls per variant each)"),
     json_out: Path = typer.Option(..., "--json", help="write {env, results} here"),
