@@ -4,6 +4,7 @@
     model = slimformer.load("runs/digits")
     small = slimformer.compress("runs/digits", "tome:r=4+int8", out="runs/digits-small")
     print(slimformer.evaluate("runs/digits-small", "digits"))
+    vectors = slimformer.embed("minilm", ["A sentence.", "Another one."])
 """
 
 from __future__ import annotations
@@ -96,6 +97,25 @@ def evaluate(model_ref: str | Path | nn.Module, task: str, recipe: str | Path | 
     metrics = module.evaluate(model)
     return {"name": name or str(recipe or "baseline"), "recipe": str(recipe or ""), "task": task,
             "metrics": metrics}
+
+
+def embed(model_ref: str | Path | nn.Module, texts: list[str], recipe: str | Path | None = None,
+          tokenizer: Any = None) -> Any:
+    """L2-normalized sentence embeddings `[len(texts), C]` (mean pooling, as sentence-transformers) with
+    the model's own tokenizer and full input length: the numbers `slimformer serve` answers on
+    `/v1/embeddings`. A module without `tokenizer` is fed MiniLM's."""
+    from .tasks import embedding
+
+    if isinstance(texts, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise SlimformerError(f"texts must be a list of strings, got {type(texts).__name__}")
+    model = model_ref if isinstance(model_ref, nn.Module) else io.load(model_ref)
+    if tokenizer is None:
+        tokenizer = embedding.tokenizer() if isinstance(model_ref, nn.Module) else embedding.tokenizer_for(model_ref)
+    steps = parse_recipe(recipe)
+    if steps:
+        model, _ = compress_model(model, steps, model_task(model_ref) if not isinstance(model_ref, nn.Module)
+                                  else None, recipe_of(model_ref))
+    return embedding.embed(model, texts, max_length=embedding.token_limit(model, tokenizer), tok=tokenizer)
 
 
 def write_results(path: str | Path, results: list[dict[str, Any]]) -> Path:

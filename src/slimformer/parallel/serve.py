@@ -241,10 +241,14 @@ class Server:
     def procs(self) -> list:
         return [s.proc for s in self.slots]
 
+    def accepting(self) -> bool:
+        """True once started, until closing or failed (also while a dead worker is being replaced)."""
+        return self._started and not self._closing and not self.error
+
     def ready(self) -> bool:
         """True while every worker is loaded and the server accepts requests."""
         with self._lock:
-            return self._started and not self._closing and not self.error and all(s.ready for s in self.slots)
+            return self.accepting() and all(s.ready for s in self.slots)
 
     # ------------------------------------------------------------------------------------ workers
 

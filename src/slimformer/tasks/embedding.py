@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from .. import atomic, paths
 from ..compress.token_patch import token_sizes
+from ..errors import SlimformerError
 from ..models.hf import minilm_dir
 
 log = logging.getLogger(__name__)
@@ -70,22 +72,51 @@ def mean_pool(hidden: Tensor, weights: Tensor) -> Tensor:
     return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
 
 
-def tokenize(texts: list[str], max_length: int = MAX_LENGTH) -> dict[str, Tensor]:
-    return dict(tokenizer()(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+def tokenizer_for(ref: str | Path):
+    """The tokenizer saved beside a text model (MiniLM's own for `minilm`): a served or embedded model
+    must be fed by its own tokenizer, never a guess."""
+    from ..models.hf import load_tokenizer
+
+    if str(ref) == "minilm":
+        return tokenizer()
+    path = Path(str(ref))
+    if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
+        raise SlimformerError(f"{ref}: no tokenizer (tokenizer.json or vocab.txt) beside the model; save the "
+                              "tokenizer into the model dir (tokenizer.save_pretrained(dir))")
+    return load_tokenizer(path)
+
+
+def token_limit(model: nn.Module, tok) -> int:
+    """Longest input in tokens: the model's position table, or the tokenizer's limit if smaller."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 10**9
+    return int(min(positions, tok.model_max_length or 10**9))
+
+
+def tokenize(texts: list[str], max_length: int = MAX_LENGTH, tok=None) -> dict[str, Tensor]:
+    """Padded ids and mask; `tok` defaults to MiniLM's tokenizer (another model brings its own)."""
+    tok = tok or tokenizer()
+    return dict(tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+
+def pooled(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean-pooled last hidden states `[B, C]`, not yet normalized: the one embedding recipe that
+    `embed`, `slimformer.embed` and the HTTP server share (size-aware for token-merged models)."""
+    result = model(input_ids=input_ids, attention_mask=attention_mask)
+    hidden = result.last_hidden_state if hasattr(result, "last_hidden_state") else result[0]
+    sizes = token_sizes(model)
+    weights = sizes if sizes is not None and sizes.shape == hidden.shape[:2] else attention_mask
+    return mean_pool(hidden.float(), weights)
 
 
 @torch.inference_mode()
-def embed(model: nn.Module, texts: list[str], batch: int = BATCH, max_length: int = MAX_LENGTH) -> Tensor:
+def embed(model: nn.Module, texts: list[str], batch: int = BATCH, max_length: int = MAX_LENGTH,
+          tok=None) -> Tensor:
     """L2-normalized sentence embeddings `[len(texts), C]`, size-aware for token-merged models."""
     model.eval()
     out = []
     for i in range(0, len(texts), batch):
-        enc = tokenize(texts[i:i + batch], max_length)
-        result = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-        hidden = result.last_hidden_state if hasattr(result, "last_hidden_state") else result[0]
-        sizes = token_sizes(model)
-        weights = sizes if sizes is not None and sizes.shape == hidden.shape[:2] else enc["attention_mask"]
-        out.append(F.normalize(mean_pool(hidden.float(), weights), dim=-1))
+        enc = tokenize(texts[i:i + batch], max_length, tok)
+        out.append(F.normalize(pooled(model, enc["input_ids"], enc["attention_mask"]), dim=-1))
     return torch.cat(out)
 
 

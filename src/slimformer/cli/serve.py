@@ -1,0 +1,70 @@
+"""`slimformer serve MODEL`: the model over HTTP (OpenAI / TEI-compatible embeddings, image classes).
+
+Everything a user can get wrong (model, recipe, limits, a port in use) is refused here with one line,
+before any worker process starts. With `--recipe` the model is compressed once into a temporary model
+dir that the workers load, so each worker does not repeat the (possibly calibrated) compression.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import typer
+
+from . import app
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(..., help="model dir, Hugging Face dir or built-in name (e.g. minilm)"),
+    recipe: str = typer.Option(None, "--recipe", help="compress first with this recipe (YAML file or inline)"),
+    workers: int = typer.Option(1, "--workers", help="model worker processes"),
+    threads: int = typer.Option(None, "--threads", help="intra-op threads per worker (default: cores / workers)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    port: int = typer.Option(8000, "--port", help="TCP port"),
+    max_batch_tokens: int = typer.Option(16384, "--max-batch-tokens",
+                                         help="padded tokens per batch (inputs x longest); similar lengths batch"),
+    max_batch: int = typer.Option(64, "--max-batch", help="most inputs in one batch"),
+    max_queue: int = typer.Option(512, "--max-queue", help="inputs waiting at most; beyond, requests get 429"),
+    max_inputs: int = typer.Option(32, "--max-inputs", help="inputs per request at most (413 beyond)"),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="longest an input waits for its batch to fill"),
+    name: str = typer.Option(None, "--name", help="model name in responses (default: the model dir's name)"),
+) -> None:
+    """Serve MODEL over HTTP until SIGTERM or Ctrl-C (in-flight requests are answered first).
+
+    Text encoders: POST /v1/embeddings (OpenAI) and POST /embed (TEI). Image classifiers: POST /v1/classify.
+    All: GET /health, /info, /metrics (Prometheus).
+
+    Example: slimformer serve minilm --recipe int8 --workers 2 --port 8000
+
+    curl -s localhost:8000/v1/embeddings -H 'content-type: application/json' -d '{"input": "Hello", "model": "minilm"}'
+    """
+    from .. import api
+    from ..guard import check_threads
+    from ..serve.app import ServeOptions, Service
+    from ..serve.run import check_port
+    from ..serve.run import serve as run
+
+    if threads is not None:
+        check_threads(threads)
+    check_port(host, port)
+    options = ServeOptions(workers=workers, threads=threads or 0, max_batch_tokens=max_batch_tokens,
+                           max_batch=max_batch, max_queue=max_queue, max_inputs=max_inputs, max_wait_ms=max_wait_ms,
+                           name=name or ("minilm" if model == "minilm" else ""))
+    options.server_config().validate()
+    with tempfile.TemporaryDirectory(prefix="slimformer-serve-") as tmp:
+        ref = model
+        if recipe:
+            ref = str(api.compress(model, recipe, Path(tmp) / (Path(model).name or "model")))
+            options.recipe = api.recipe_of(ref)
+            options.name = options.name or Path(model).name
+        else:
+            options.recipe = api.recipe_of(model)
+        service = Service(ref, options)
+        print(f"serving {service.name} ({service.kind.name}) on http://{host}:{port} with {service.config.nproc} "
+              f"worker(s) x {service.config.threads} thread(s); GET /health says when ready", file=sys.stderr)
+        code = run(service, host, port)
+    if code:
+        raise typer.Exit(code)

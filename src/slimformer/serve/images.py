@@ -1,0 +1,113 @@
+"""Image classifiers: `POST /v1/classify` with `{"input": [C, H, W] or [N, C, H, W] array, "top_k": k}`,
+the image already resized and normalized the way the model was trained (`/info` gives the shape);
+answers the top-k labels with softmax scores per image. Checked by `guard.check_images` first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from torch import nn
+
+from .. import guard, io
+from ..errors import SlimformerError
+from ..models import ViT
+from ..models.hf import is_hf_model
+from ..parallel.serve import Handler
+from .http import HTTPError, field, json_body
+from .kinds import Kind, Limits
+
+
+class ImageHandler(Handler):
+    """An item is one image `float32 [C, H, W]`; a worker returns class probabilities per image."""
+
+    def collate(self, items: list[np.ndarray]) -> np.ndarray:
+        return np.stack(items)
+
+    def run(self, state: nn.Module, batch: np.ndarray) -> np.ndarray:
+        out = state(torch.from_numpy(batch))
+        logits = out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out
+        return torch.softmax(logits.float(), dim=-1).numpy()
+
+
+def labels_of(ref: str, model: nn.Module) -> list[str]:
+    """Class names: a Hugging Face config's `id2label`, the fashion task's classes, else the indices."""
+    config = model.config
+    n = getattr(config, "n_classes", None) or getattr(config, "num_labels", 0)
+    id2label = getattr(config, "id2label", None)
+    if id2label and len(id2label) == n:
+        return [str(id2label[i]) for i in range(n)]
+    path = Path(ref)
+    if (path / io.META).is_file() and io.read_meta(path).get("task") == "fashion":
+        from ..data.fashion import CLASSES
+
+        if len(CLASSES) == n:
+            return list(CLASSES)
+    return [str(i) for i in range(n)]
+
+
+class ImageClassifier(Kind):
+    name = "image-classifier"
+    handler = ImageHandler()
+
+    def __init__(self, ref: str, model: nn.Module, limits: Limits):
+        super().__init__(ref, model, limits)
+        c = model.config
+        self.shape = (int(getattr(c, "in_channels", None) or c.num_channels), int(c.image_size), int(c.image_size))
+        self.labels = labels_of(ref, model)
+
+    @staticmethod
+    def matches(model: nn.Module) -> bool:
+        """The reference ViT (a class head), or a Hugging Face ViT with a classifier head."""
+        return isinstance(model, ViT) or (is_hf_model(model) and getattr(model.config, "model_type", "") == "vit"
+                                          and hasattr(model, "classifier"))
+
+    def routes(self, service: Any) -> list[Route]:
+        async def classify(request: Request) -> JSONResponse:
+            return await service.answer("/v1/classify", request, self.classify)
+
+        return [Route("/v1/classify", classify, methods=["POST"])]
+
+    def info(self) -> dict[str, Any]:
+        return {"input_shape": list(self.shape), "labels": self.labels, "max_inputs": self.limits.max_inputs}
+
+    def images(self, body: dict[str, Any]) -> np.ndarray:
+        if body.get("input") is None:
+            raise HTTPError(422, f"'input' is required: an image array {list(self.shape)} or a list of them", "input")
+        try:
+            images = np.asarray(body["input"], dtype=np.float32)
+        except (ValueError, TypeError):
+            raise HTTPError(422, f"'input' must be a numeric array of shape {list(self.shape)} or "
+                                 f"[N, {', '.join(map(str, self.shape))}] (nested lists of numbers)", "input") from None
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise HTTPError(422, f"'input' has shape {list(images.shape)}; give {list(self.shape)} or "
+                                 f"[N, {', '.join(map(str, self.shape))}]", "input")
+        if len(images) > self.limits.max_inputs:
+            raise HTTPError(413, f"'input' has {len(images)} images; at most {self.limits.max_inputs} per request "
+                                 "(--max-inputs)", "input")
+        try:
+            guard.check_images(self.model, torch.from_numpy(images))
+        except SlimformerError as e:
+            raise HTTPError(422, f"input: {e}", "input") from None
+        return images
+
+    async def classify(self, service: Any, request: Request) -> JSONResponse:
+        body = await json_body(request, self.limits.max_body_bytes)
+        images = self.images(body)
+        k = field(body, "top_k", int, min(5, len(self.labels)))
+        if not 1 <= k <= len(self.labels):
+            raise HTTPError(422, f"'top_k' must be in [1, {len(self.labels)}], got {k}", "top_k")
+        probs = await service.infer("/v1/classify", list(images))
+        data = []
+        for i, p in enumerate(probs):
+            top = np.argsort(-p)[:k]
+            data.append({"index": i, "labels": [{"label": self.labels[j], "index": int(j), "score": float(p[j])}
+                                                for j in top]})
+        return JSONResponse({"object": "list", "model": service.name, "data": data})
