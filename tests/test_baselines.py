@@ -33,5 +33,5 @@ def test_ort_and_torchao_baselines(tmp_path):
 
 
 def test_unknown_baseline_is_refused(tmp_path):
-    with pytest.raises(SlimformerError, match="valid baselines: ort, torchao"):
+    with pytest.raises(SlimformerError, match="valid baselines: ort, openvino, torchao"):
         build_baselines(["tensorrt"], tiny_bert(), (), {}, tmp_path)

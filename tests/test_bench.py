@@ -109,3 +109,22 @@ def test_cli_help_and_one_line_errors(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--baselines" in out.stderr
     out = run_cli("report", str(tmp_path / "missing.json"), "--out", str(tmp_path))
     assert out.returncode == 2 and "no such results file" in out.stderr
+
+
+def test_settle_waits_out_a_slow_tail():
+    from slimformer.bench.timing import settle
+
+    calls = []
+
+    def first_calls_slow():  # the first 5 calls 10x slower (lazy init), then steady
+        calls.append(1)
+        time.sleep(0.02 if len(calls) <= 5 else 0.002)
+
+    assert settle(first_calls_slow, window=8, max_spread=1.5, max_seconds=5) <= 1.5
+    assert len(calls) >= 5 + 2 * 8  # kept calling until the slow calls left both windows
+
+    def always_spiky():
+        calls.append(1)
+        time.sleep(0.02 if len(calls) % 4 == 0 else 0.002)
+
+    assert settle(always_spiky, window=8, max_spread=1.5, max_seconds=0.3) > 1.5  # gives up at the limit

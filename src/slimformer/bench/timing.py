@@ -57,6 +57,24 @@ def warm_up(fn: Callable[[], object], min_calls: int = 3, max_seconds: float = 5
             return
 
 
+def settle(fn: Callable[[], object], window: int = 10, max_spread: float = 1.5, max_seconds: float = 30.0) -> float:
+    """Call `fn` until the median of its last `window` calls agrees with the window before (within
+    10 %) and their p99/p50 is at most `max_spread`, or `max_seconds` pass; returns that last spread.
+    A plain warm-up stops when medians agree, while one slow call in ten (a lazy compile, page faults
+    of a first large batch, another process waking up) still shows as a p99 ten times the p50; a
+    reader comparing p99s needs that tail gone before timing starts."""
+    times: list[float] = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        while True:
+            times.extend(time_calls(fn, 1))
+            recent, before = times[-window:], times[-2 * window:-window]
+            spread = percentile(recent, 99) / max(percentile(recent, 50), 1e-12)
+            steady = len(before) == window and abs(statistics.median(recent) / statistics.median(before) - 1) <= 0.1
+            if (steady and spread <= max_spread) or time.perf_counter() - start > max_seconds:
+                return spread
+
+
 def time_calls(fn: Callable[[], object], repeats: int) -> list[float]:
     """Seconds per call for `repeats` calls."""
     out = []
