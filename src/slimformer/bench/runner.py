@@ -153,12 +153,14 @@ def measure_variants(variants: list[Variant], batch: int, seq_len: int, threads:
 
 def baseline_variants(model: nn.Module, which: list[str], inputs: tuple[tuple, dict], workdir: Path,
                       threads: int, task: str | None,
-                      evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> list[Variant]:
+                      evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+                      calib: Callable[[], Any] | None = None) -> list[Variant]:
     """External baselines (ONNX Runtime fp32 / dynamic / static int8, OpenVINO fp32 / bf16 / NNCF int8,
     torchao int8) built by `bench.baselines`, static ones calibrated on the task's calibration data.
 
     They are timed on the same inputs as our variants, and their task metric is computed as ours is
-    (`evaluate`, default the task's own, run on the baseline wrapped as a model). Their peak memory is
+    (`evaluate`, default the task's own, run on the baseline wrapped as a model); `calib` (default the
+    task's calibration data) is what static int8 baselines calibrate on. Their peak memory is
     measured like ours: a fresh process loads the artifact (.onnx file, OpenVINO IR) and runs it.
     """
     if not which:
@@ -172,7 +174,7 @@ def baseline_variants(model: nn.Module, which: list[str], inputs: tuple[tuple, d
 
     module = get_task(task) if task else None
     evaluate = evaluate or (module.evaluate if module else None)
-    calib = getattr(module, "calibration", None)
+    calib = calib or getattr(module, "calibration", None)
     args, kwargs = inputs
     workdir = Path(workdir)
     save_inputs(inputs, workdir / "inputs.safetensors")
