@@ -11,11 +11,20 @@ from slimformer import io
 from slimformer.api import compress_model
 from slimformer.compress.prune import group_contribution, head_index, keep_top, n_to_keep
 from slimformer.compress.registry import StepContext
-from slimformer.compress.sites import ffn_sites, head_sites
 from slimformer.errors import SlimformerError
+from slimformer.families import family_of
 from slimformer.models import build_builtin
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def head_sites(model):
+    return family_of(model).head_sites(model)
+
+
+def ffn_sites(model):
+    return family_of(model).ffn_sites(model)
+
 
 BOTH = "prune-heads:ratio=0.25+prune-ffn:ratio=0.25"
 

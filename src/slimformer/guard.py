@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import SlimformerError
+from .families import checks
 
 GIB = 2**30
 # A pruned + quantized model holds fewer elements than its architecture; never this many times fewer.
@@ -160,24 +161,12 @@ def check_model_config(meta: dict[str, Any], weights: Path, where: str) -> None:
 
 def _dims(model: nn.Module) -> dict[str, int]:
     """d_model, heads, d_ff, layers, output vocabulary (0 if none) and max tokens of a supported model."""
-    from .models import Decoder, Encoder, Seq2Seq, ViT
-    from .models.hf import is_hf_model
+    from dataclasses import asdict
 
-    c = getattr(model, "config", None)
-    if isinstance(model, ViT):
-        return {"d": c.d_model, "heads": c.n_heads, "ff": c.d_ff, "layers": c.n_layers, "vocab": 0,
-                "max_len": c.n_patches + 1, "images": 1}
-    if isinstance(model, (Encoder, Decoder, Seq2Seq)):
-        layers = getattr(c, "n_layers", 0) or c.n_enc_layers + c.n_dec_layers
-        vocab = 0 if isinstance(model, Encoder) else c.vocab_size
-        return {"d": c.d_model, "heads": c.n_heads, "ff": c.d_ff, "layers": layers, "vocab": vocab,
-                "max_len": c.max_len}
-    if is_hf_model(model):
-        images = getattr(c, "model_type", "") == "vit"
-        tokens = ((c.image_size // c.patch_size) ** 2 + 1) if images else getattr(c, "max_position_embeddings", 0)
-        return {"d": c.hidden_size, "heads": c.num_attention_heads, "ff": c.intermediate_size,
-                "layers": c.num_hidden_layers, "vocab": 0, "max_len": tokens or 10**9, "images": int(images)}
-    raise SlimformerError(f"no memory model for {type(model).__name__}")
+    from .families import family_of
+
+    dims = asdict(family_of(model).dims(model))
+    return {**dims, "images": int(dims["images"])}
 
 
 def estimate_request_bytes(model: nn.Module, batch: int, seq_len: int) -> int:
@@ -221,51 +210,16 @@ def check_threads(threads: int) -> int:
 
 # ---------------------------------------------------------------------------------------------- inputs
 
-def _check_finite(x: Tensor, what: str) -> None:
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise SlimformerError(f"{what} contain {bad} NaN/Inf value(s) out of {x.numel()}; clean the input")
-
-
 def check_images(model: nn.Module, images: Tensor) -> None:
-    """images `[batch, channels, H, W]`, float, finite, of the size and channel count the ViT was built for."""
+    """images `[batch, channels, H, W]`, float, finite, of the size and channel count the model was built for."""
     c = model.config
-    size = getattr(c, "image_size", None)
     channels = getattr(c, "in_channels", None) or getattr(c, "num_channels", None)
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise SlimformerError(f"images must be a tensor [batch, {channels}, {size}, {size}], got {shape}")
-    if images.shape[0] == 0:
-        raise SlimformerError("empty batch: give at least one image")
-    if not images.is_floating_point():
-        raise SlimformerError(f"images must be floating point (normalized), got {images.dtype}")
-    if tuple(images.shape[1:]) != (channels, size, size):
-        raise SlimformerError(f"images are {tuple(images.shape[1:])} (channels, H, W); the model takes "
-                              f"({channels}, {size}, {size}): resize them first")
-    _check_finite(images, "images")
+    checks.check_images(images, channels, c.image_size)
 
 
 def check_tokens(model: nn.Module, tokens: Tensor, mask: Tensor | None = None) -> None:
     """tokens `[batch, time]` int ids in [0, vocab), time <= the model's positions; mask `[batch, time]`."""
-    c = model.config
-    vocab = getattr(c, "vocab_size", None)
-    max_len = _dims(model)["max_len"]
-    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-        raise SlimformerError(f"tokens must be a tensor [batch, time], got {shape}")
-    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
-        raise SlimformerError(f"empty batch: tokens have shape {tuple(tokens.shape)}")
-    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-        raise SlimformerError(f"tokens must be integer ids, got {tokens.dtype}")
-    if tokens.shape[1] > max_len:
-        raise SlimformerError(f"sequence length {tokens.shape[1]} exceeds the model's {max_len} positions; "
-                              "truncate or split the input")
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or (vocab is not None and high >= vocab):
-        raise SlimformerError(f"token ids span [{low}, {high}] but the model's vocabulary is [0, {vocab}); "
-                              "was the text encoded with another model's tokenizer?")
-    if mask is not None and tuple(mask.shape) != tuple(tokens.shape):
-        raise SlimformerError(f"mask has shape {tuple(mask.shape)}, tokens {tuple(tokens.shape)}: they must match")
+    checks.check_tokens(tokens, getattr(model.config, "vocab_size", None), _dims(model)["max_len"], mask)
 
 
 def check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
@@ -280,22 +234,7 @@ def check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
 
 def check_inputs(model: nn.Module, args: tuple, kwargs: dict | None = None) -> None:
     """Validate the positional/keyword inputs about to be passed to `model` (as from
-    `bench.inputs.example_inputs` or a serving request)."""
-    from .models import Decoder, Encoder, Seq2Seq, ViT
+    `bench.inputs.example_inputs` or a serving request): the model's family knows what it takes."""
+    from .families import family_of
 
-    kwargs = kwargs or {}
-    if isinstance(model, ViT):
-        if len(args) != 1:
-            raise SlimformerError(f"a ViT takes one input (images), got {len(args)}")
-        check_images(model, args[0])
-    elif isinstance(model, Encoder):
-        check_tokens(model, args[0], args[1] if len(args) > 1 else kwargs.get("mask"))
-    elif isinstance(model, (Decoder, Seq2Seq)):
-        for t in args[:2]:
-            check_tokens(model, t)
-    elif "pixel_values" in kwargs:
-        check_images(model, kwargs["pixel_values"])
-    elif "input_ids" in kwargs:
-        check_tokens(model, kwargs["input_ids"], kwargs.get("attention_mask"))
-    else:
-        raise SlimformerError(f"no input check for {type(model).__name__}")
+    family_of(model, "input check").check_inputs(model, tuple(args), dict(kwargs or {}))

@@ -52,7 +52,7 @@ from .bench.timing import interleaved, measure
 from .compress.recipe import parse_recipe
 from .compress.registry import all_steps
 from .errors import SlimformerError
-from .models import ViT
+from .families import family_of
 from .tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
@@ -147,12 +147,6 @@ def priority(name: str) -> int:
     return PRIORITY.index(name) if name in PRIORITY else len(PRIORITY)
 
 
-def token_count(model: nn.Module, seq_len: int) -> int:
-    if isinstance(model, ViT):
-        return (model.config.image_size // model.config.patch_size) ** 2 + 1
-    return seq_len
-
-
 # Share of the exploring budget stage 1 may use: the best recipes are usually combinations, so a long
 # tail of single settings must not leave stage 2 nothing.
 SINGLES_SHARE = 0.5
@@ -217,9 +211,11 @@ class Search:
         torch.set_num_threads(cfg.threads)
         self.base = io.load(cfg.model)
         self.applied = recipe_of(cfg.model)
-        self.batch = cfg.batch or (64 if isinstance(self.base, ViT) else 32)
-        self.text = not isinstance(self.base, ViT)  # variable-length rows (TEXT_KNOBS)
-        self.tokens = token_count(self.base, cfg.seq_len)
+        family = family_of(self.base, "search")
+        images = family.dims(self.base).images
+        self.batch = cfg.batch or (64 if images else 32)
+        self.text = not images  # variable-length rows (TEXT_KNOBS)
+        self.tokens = family.token_count(self.base, cfg.seq_len)
         self.inputs = example_inputs(self.base, batch=self.batch, seq_len=cfg.seq_len)
         registered = all_steps()
         unknown = sorted(set(cfg.steps or []) - set(registered))

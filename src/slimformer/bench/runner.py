@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import io
 from ..errors import SlimformerError
-from ..models import ViT
+from ..families import family_of
 from ..models.hf import is_hf_model
 from .inputs import example_inputs
 from .memory import peak_memory
@@ -64,14 +64,8 @@ def recipe_dtype(record: list[dict]) -> str:
 
 
 def tokens_of(model: nn.Module, seq_len: int) -> int:
-    """Sequence length the model really sees: patches + class token for a ViT, else `seq_len`."""
-    if isinstance(model, ViT):
-        c = model.config
-        return (c.image_size // c.patch_size) ** 2 + 1
-    if is_hf_model(model) and getattr(model.config, "model_type", "") == "vit":
-        c = model.config
-        return (c.image_size // c.patch_size) ** 2 + 1
-    return seq_len
+    """Sequence length the model really sees (patches + class token for an image model, else `seq_len`)."""
+    return family_of(model).token_count(model, seq_len)
 
 
 def torch_variant(name: str, model: nn.Module, recipe: str, record: list[dict], inputs: tuple[tuple, dict],

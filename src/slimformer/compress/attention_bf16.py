@@ -73,6 +73,9 @@ def _hf_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, 
         raise SlimformerError("bf16-attention is for inference: it has no attention dropout (call model.eval())")
     if attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", False)):
         attention_mask = causal_bias(query.shape[2], key.shape[2], device=query.device)
+    groups = query.shape[1] // key.shape[1]  # grouped key/value heads (Llama-style): each serves `groups` queries
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     out = bf16_attention(query, key, value, attention_mask, scaling)
     return out.transpose(1, 2).contiguous(), None
 

@@ -23,11 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
-from ..models import Encoder, ViT
-from ..models.hf import is_hf_model
+from ..families import family_of
 from .prune import calibration_batches
 from .registry import Step, StepContext, register
-from .sites import transformer_stack
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +40,15 @@ class PruneLayersOptions:
 
 
 def block_list(model: nn.Module) -> nn.ModuleList:
-    """The ModuleList of blocks the model's forward loops over (encoder stacks only: a Seq2Seq has two)."""
-    stack = transformer_stack(model) if isinstance(model, (ViT, Encoder)) or is_hf_model(model) else None
-    if stack is not None:
-        return stack
-    raise SlimformerError(f"step 'prune-layers': {type(model).__name__} is not a model whose block stack it "
-                          "knows (reference ViT / Encoder, Hugging Face BERT-style encoder or ViT)")
+    """The ModuleList of blocks the model's forward loops over: the encoder's (a seq2seq model keeps its
+    decoder), or a decoder-only model's."""
+    family = family_of(model, "prune-layers")
+    stacks = family.stacks(model)
+    stack = stacks.get("encoder", stacks.get("decoder"))
+    if stack is None:
+        raise SlimformerError(f"step 'prune-layers': {type(model).__name__} ({family.name} layout) has no block "
+                              "stack to shorten")
+    return stack
 
 
 def n_to_remove(n_blocks: int, ratio: float) -> int:
@@ -95,19 +96,27 @@ def block_influence(model: nn.Module, blocks: nn.ModuleList, ctx: StepContext) -
 
 
 def remove_blocks(blocks: nn.ModuleList, removed: list[int]) -> None:
-    """Delete the blocks at `removed` in place (the model keeps its own ModuleList object)."""
+    """Delete the blocks at `removed` in place (the model keeps its own ModuleList object). Modules that
+    index a cache by their layer (`layer_idx`, Hugging Face decoders) are renumbered to their new place."""
     gone = set(removed)
     keep = [b for i, b in enumerate(blocks) if i not in gone]
     for i in range(len(blocks) - 1, -1, -1):
         del blocks[i]
     blocks.extend(keep)
+    for i, block in enumerate(blocks):
+        for m in block.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = i
 
 
 def prune_layers(model: nn.Module, opts: PruneLayersOptions, ctx: StepContext) -> nn.Module:
     blocks = block_list(model)
     n_remove = n_to_remove(len(blocks), opts.ratio)
     scores = block_influence(model, blocks, ctx)
-    removed = sorted(torch.topk(-scores, n_remove).indices.tolist())
+    fixed = family_of(model).fixed_blocks(model)
+    candidates = scores.clone()
+    candidates[list(fixed)] = float("inf")  # blocks the rest depend on (T5's first block holds the position bias)
+    removed = sorted(torch.topk(-candidates, n_remove).indices.tolist())
     remove_blocks(blocks, removed)
     ctx.state["removed"] = removed
     log.info("prune-layers: removed blocks %s of %d (influence %s)", removed, len(scores),

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
+from ..families import all_blocks
 from ..tasks import get_task
 from ..tasks.training import TrainConfig, fit
 from .registry import Step, StepContext, register
-from .sites import transformer_layers
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class LayerTap:
 
     def __init__(self, model: nn.Module):
         self.outputs: list[Tensor] = []
-        self.handles = [layer.register_forward_hook(self._hook) for layer in transformer_layers(model)]
+        self.handles = [layer.register_forward_hook(self._hook) for layer in all_blocks(model)]
         if not self.handles:
             raise SlimformerError("step 'distill': option 'hidden' needs a model with Transformer layers")
 

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
+from ..families import family_of
+from ..families.sites import Slot
 from .registry import Step, StepContext, register
-from .sites import Slot, ffn_sites, head_sites
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ class LowRankLinear(nn.Module):
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+
+    @property
+    def weight(self) -> Tensor:
+        """The rank-`rank` product `[out, in]`, for model code that reads a projection's `.weight` (T5
+        checks its dtype); built on each access, never used by `forward`."""
+        return self.up.weight @ self.down.weight
 
     def forward(self, x: Tensor) -> Tensor:
         """x `[..., in]` -> `[..., out]`."""
@@ -89,14 +96,15 @@ class LowRankOptions:
 
 def chosen_slots(model: nn.Module, layers: str) -> list[Slot]:
     """The Linears that `layers` ('mlp', 'attn' or 'all') selects, in module order."""
+    family = family_of(model, "lowrank")
     slots: list[Slot] = []
     if layers in ("attn", "all"):
-        slots += [slot for site in head_sites(model) for slot in site.slots]
+        slots += [slot for site in family.head_sites(model) for slot in site.slots]
     if layers in ("mlp", "all"):
-        slots += [slot for site in ffn_sites(model) for slot in site.slots]
+        slots += [slot for site in family.ffn_sites(model) for slot in site.slots]
     if not slots:
-        raise SlimformerError(f"step 'lowrank': the model has no {layers!r} layers this step knows how to "
-                              "factorize; valid layers: mlp, attn, all")
+        raise SlimformerError(f"step 'lowrank': {type(model).__name__} ({family.name} layout) has no {layers!r} "
+                              "layers to factorize; valid layers: mlp, attn, all")
     return slots
 
 
@@ -121,6 +129,8 @@ def lowrank(model: nn.Module, opts: LowRankOptions, ctx: StepContext) -> nn.Modu
 
 def restore_lowrank(model: nn.Module, opts: LowRankOptions, state: dict) -> nn.Module:
     slots = {slot.name: slot for slot in chosen_slots(model, opts.layers)}
+    for slot in slots.values():
+        slot.linear("lowrank")  # as apply did: a Conv1D becomes its Linear, factorized or not
     for name, rank in state.get("ranks", {}).items():
         if name not in slots:
             raise SlimformerError(f"lowrank state names layer {name!r}, not in the model")

@@ -8,7 +8,9 @@ Importance is the size of what a group contributes to the layer's output, measur
 data: for head h, the mean over tokens of `||x_h @ W_o[:, h]^T||` (x_h = the head's attention output,
 the input of o); for neuron i, the mean of `|a_i| * ||W_fc2[:, i]||`. Gradient-free, so it works on any
 model, and it measures exactly what removing the group deletes from the residual stream.
-Heads are pruned per layer (every layer keeps the same count, at least one).
+Heads are pruned per layer (every layer keeps the same count, at least one). With grouped key/value
+heads (Llama-style) the unit is a whole group: a key/value head and the query heads that share it.
+Layers whose heads feed one shared bias (T5's relative position bias) keep the same heads.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
+from ..families import example_inputs, family_of
+from ..families.sites import FFNSite, HeadSite, Slot, by_name
 from .registry import Step, StepContext, register
-from .sites import FFNSite, HeadSite, Slot, by_name, ffn_sites, head_sites
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +98,10 @@ def calibration_batches(model: nn.Module, ctx: StepContext, step: str) -> Iterat
         for item in ctx.calib():
             yield (item, {}) if isinstance(item, tuple) else ((), dict(item))
         return
-    from ..bench.inputs import example_inputs
-
     log.warning("%s: no task calibration data (pass a task); scoring on random example inputs", step)
-    config = getattr(model, "config", None)
-    max_len = getattr(config, "max_len", None) or getattr(config, "max_position_embeddings", None) or 64
+    seq_len = min(64, family_of(model, step).dims(model).max_len)
     for seed in range(4):
-        yield example_inputs(model, batch=16, seq_len=min(64, max_len), seed=seed)
+        yield example_inputs(model, batch=16, seq_len=seq_len, seed=seed)
 
 
 @torch.no_grad()
@@ -148,17 +148,50 @@ def input_scores(model: nn.Module, slots: dict[str, tuple[Slot, int]], ctx: Step
 
 # ---- structure changes (used by apply and by restore) ---------------------------------------------
 
-def shrink_heads(site: HeadSite, heads: list[int], step: str = "prune-heads") -> None:
-    index = head_index(heads, site.head_dim)
-    for slot in (site.q, site.k, site.v):
-        slot.set(slice_linear(slot.linear(step), index, "out"))
-    site.o.set(slice_linear(site.o.linear(step), index, "in"))
-    site.set_heads(len(heads))
+def slice_table(table: nn.Embedding, columns: list[int]) -> nn.Embedding:
+    """A new Embedding keeping only the listed columns (a per-head table: `[buckets, heads]`)."""
+    weight = table.weight.detach()[:, columns]
+    new = nn.Embedding(weight.shape[0], weight.shape[1], device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+    return new
+
+
+def shrink_heads(site: HeadSite, groups: list[int], step: str = "prune-heads") -> None:
+    """Keep the key/value head groups listed (= the heads, without grouped-query attention): their query
+    heads' q rows and o columns, their k/v rows, and their columns of any per-head table."""
+    heads = [g * site.group + j for g in groups for j in range(site.group)]
+    q_index, kv_index = head_index(heads, site.head_dim), head_index(groups, site.head_dim)
+    if site.qkv is not None:  # fused [q | k | v]: the same index in each third
+        width = site.n_heads * site.head_dim
+        fused = q_index + [width + i for i in kv_index] + [2 * width + i for i in kv_index]
+        site.qkv.set(slice_linear(site.qkv.linear(step), fused, "out"))
+    else:
+        site.q.set(slice_linear(site.q.linear(step), q_index, "out"))
+        for slot in (site.k, site.v):
+            slot.set(slice_linear(slot.linear(step), kv_index, "out"))
+    site.o.set(slice_linear(site.o.linear(step), q_index, "in"))
+    for table in site.tables:
+        table.set(slice_table(table.get(), heads))
+    site.set_heads(len(heads), len(groups))
 
 
 def shrink_ffn(site: FFNSite, neurons: list[int], step: str = "prune-ffn") -> None:
-    site.fc1.set(slice_linear(site.fc1.linear(step), neurons, "out"))
+    for slot in (site.gate, site.fc1):
+        if slot is not None:
+            slot.set(slice_linear(slot.linear(step), neurons, "out"))
     site.fc2.set(slice_linear(site.fc2.linear(step), neurons, "in"))
+
+
+def group_scores(sites: list[HeadSite], head_scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-site scores of each key/value group (the sum over its query heads); sites that share a `tie`
+    key get their summed scores, so they keep the same groups."""
+    grouped = {s.name: head_scores[s.name].view(s.kv_heads, s.group).sum(1) for s in sites}
+    tied: dict[str, Tensor] = {}
+    for s in sites:
+        if s.tie is not None:
+            tied[s.tie] = tied[s.tie] + grouped[s.name] if s.tie in tied else grouped[s.name].clone()
+    return {s.name: tied[s.tie] if s.tie is not None else grouped[s.name] for s in sites}
 
 
 # ---- steps -----------------------------------------------------------------------------------------
@@ -196,21 +229,22 @@ def _scores(model, sites, slot_of, group_of, score: Score, ctx: StepContext, ste
 
 
 def prune_heads(model: nn.Module, opts: PruneHeadsOptions, ctx: StepContext) -> nn.Module:
-    sites = head_sites(model)
-    by_name(sites, "attention layers", "prune-heads")
-    scores = _scores(model, sites, lambda s: s.o, lambda s: s.head_dim, opts.score, ctx, "prune-heads")
+    sites = family_of(model, "prune-heads").head_sites(model)
+    by_name(sites, "attention layers", "prune-heads", model)
+    scores = group_scores(sites, _scores(model, sites, lambda s: s.o, lambda s: s.head_dim, opts.score, ctx,
+                                         "prune-heads"))
     kept = {}
     for site in sites:
-        heads = keep_top(scores[site.name], n_to_keep(site.n_heads, opts.ratio))
-        shrink_heads(site, heads)
-        kept[site.name] = heads
+        groups = keep_top(scores[site.name], n_to_keep(site.kv_heads, opts.ratio))
+        shrink_heads(site, groups)
+        kept[site.name] = groups
     ctx.state["heads"] = kept
     log.info("prune-heads: kept %s", {k: len(v) for k, v in kept.items()})
     return model
 
 
 def restore_heads(model: nn.Module, opts: PruneHeadsOptions, state: dict) -> nn.Module:
-    sites = by_name(head_sites(model), "attention layers", "prune-heads")
+    sites = by_name(family_of(model, "prune-heads").head_sites(model), "attention layers", "prune-heads", model)
     for name, heads in state.get("heads", {}).items():
         if name not in sites:
             raise SlimformerError(f"prune-heads state names attention layer {name!r}, not in the model")
@@ -219,8 +253,8 @@ def restore_heads(model: nn.Module, opts: PruneHeadsOptions, state: dict) -> nn.
 
 
 def prune_ffn(model: nn.Module, opts: PruneFFNOptions, ctx: StepContext) -> nn.Module:
-    sites = ffn_sites(model)
-    by_name(sites, "feed-forward layers", "prune-ffn")
+    sites = family_of(model, "prune-ffn").ffn_sites(model)
+    by_name(sites, "feed-forward layers", "prune-ffn", model)
     scores = _scores(model, sites, lambda s: s.fc2, lambda s: 1, opts.score, ctx, "prune-ffn")
     kept = {}
     for site in sites:
@@ -234,7 +268,7 @@ def prune_ffn(model: nn.Module, opts: PruneFFNOptions, ctx: StepContext) -> nn.M
 
 
 def restore_ffn(model: nn.Module, opts: PruneFFNOptions, state: dict) -> nn.Module:
-    sites = by_name(ffn_sites(model), "feed-forward layers", "prune-ffn")
+    sites = by_name(family_of(model, "prune-ffn").ffn_sites(model), "feed-forward layers", "prune-ffn", model)
     for name, n in state.get("neurons", {}).items():
         if name not in sites:
             raise SlimformerError(f"prune-ffn state names feed-forward layer {name!r}, not in the model")

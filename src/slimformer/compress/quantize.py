@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
+from ..families.sites import conv1d_to_linear, is_conv1d, is_linear_like
 from .calibrate import input_ranges, smoothing
 from .registry import Step, StepContext, register
 
@@ -249,24 +250,38 @@ class Int8Embedding(nn.Module):
     Saved as plain `weight_int8` [num, dim] int8 + `weight_scale` [num] fp32."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, embed_scale: float = 1.0) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32))
         self.dtype = dtype
+        self.embed_scale = embed_scale  # scaled word embeddings (BART, Marian: sqrt(d_model)) multiply lookups
 
     @classmethod
-    def from_embedding(cls, emb: nn.Embedding) -> Int8Embedding:
+    def from_embedding(cls, emb: nn.Embedding, shared: Int8Linear | None = None) -> Int8Embedding:
+        """Quantize `emb`; with `shared` (an output projection tied to this table, already quantized to
+        the same per-row int8) reuse its tensors, so a tied pair is stored once."""
+        out = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, emb.weight.dtype, _embed_scale(emb))
+        if shared is not None:
+            out.weight_int8 = shared.weight.qdata
+            out.weight_scale = shared.weight.scale.reshape(-1)
+            return out
         q = _quantized_weight(emb.weight.detach(), dynamic=False)
-        out = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, emb.weight.dtype)
         out.weight_int8.copy_(q.qdata)
         out.weight_scale.copy_(q.scale.reshape(-1))
         return out
 
+    @property
+    def weight(self) -> Tensor:
+        """The dequantized table `[num, dim]`, for model code that reads an embedding's `.weight` (its
+        dtype, device or shape); built on each access, so lookups never pay for it."""
+        return self.weight_int8.to(self.dtype) * self.weight_scale.unsqueeze(-1).to(self.dtype)
+
     def forward(self, ids: Tensor) -> Tensor:
         rows = F.embedding(ids, self.weight_int8).to(self.dtype)
-        return rows * self.weight_scale[ids].unsqueeze(-1).to(self.dtype)
+        out = rows * self.weight_scale[ids].unsqueeze(-1).to(self.dtype)
+        return out * self.embed_scale if self.embed_scale != 1.0 else out
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
@@ -282,9 +297,51 @@ def _quantized_weight(weight: Tensor, dynamic: bool) -> Tensor:
 
 
 def _named_linears(model: nn.Module, skip: list[str]) -> list[str]:
-    return [name for name, m in model.named_modules() if type(m) is nn.Linear
+    """Names of the projections to quantize: `nn.Linear` and transformers' `Conv1D` (GPT-2)."""
+    return [name for name, m in model.named_modules() if is_linear_like(m)
             and not any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name.rsplit(".", 1)[-1], p)
                         for p in skip)]
+
+
+def _as_linear(model: nn.Module, name: str) -> nn.Linear:
+    """The module at `name` as an `nn.Linear` (a Conv1D is swapped for its equal Linear first)."""
+    module = model.get_submodule(name)
+    if is_conv1d(module):
+        module = conv1d_to_linear(module)
+        _swap(model, name, module)
+    if not isinstance(module, nn.Linear):
+        raise SlimformerError(f"step int8: module {name!r} is a {type(module).__name__}, expected nn.Linear or "
+                              "Conv1D (slimformer.json does not match this architecture)")
+    return module
+
+
+def _embed_scale(emb: nn.Embedding) -> float:
+    scale = getattr(emb, "embed_scale", 1.0)
+    return float(scale.item() if isinstance(scale, Tensor) else scale)
+
+
+def _embeddings(model: nn.Module) -> dict[int, list[str]]:
+    """Token tables int8 can replace, id -> every name the table is reachable at (T5's `shared` is also
+    `encoder.embed_tokens` and `decoder.embed_tokens`: one table, swapped everywhere). Subclasses whose
+    forward only scales the lookup (`embed_scale`) are included; other subclasses (positional tables
+    with their own forward) are left in float."""
+    out: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, nn.Embedding) and (type(m) is nn.Embedding or hasattr(m, "embed_scale")):
+            out.setdefault(id(m), []).append(name)
+    return out
+
+
+def _quantize_embeddings(model: nn.Module, tied: dict[int, Int8Linear]) -> list[str]:
+    """Swap every token table for an Int8Embedding; returns the first name of each."""
+    first = []
+    for names in _embeddings(model).values():
+        emb = model.get_submodule(names[0])
+        new = Int8Embedding.from_embedding(emb, tied.get(emb.weight.data_ptr()))
+        for name in names:
+            _swap(model, name, new)
+        first.append(names[0])
+    return first
 
 
 def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -307,15 +364,18 @@ def _compile(model: nn.Module) -> nn.Module:
 
 
 def _quantize(model: nn.Module, opts: Int8Options, dynamic: bool, names: list[str],
-              ranges: dict[str, Tensor] | None = None) -> nn.Module:
+              ranges: dict[str, Tensor] | None = None) -> dict[int, Int8Linear]:
+    """Swap each Linear for an Int8Linear; returns them by their float weight's address, for tied tables
+    (an unsmoothed projection holds exactly the per-row int8 its tied embedding would)."""
+    by_weight: dict[int, Int8Linear] = {}
     for name in names:
-        linear = model.get_submodule(name)
-        if not isinstance(linear, nn.Linear):
-            raise SlimformerError(f"quantize: module {name!r} is a {type(linear).__name__}, expected nn.Linear "
-                                  "(slimformer.json does not match this architecture)")
+        linear = _as_linear(model, name)
         x_range = ranges[name] if ranges is not None else None
-        _swap(model, name, Int8Linear.from_linear(linear, dynamic, x_range, opts.smoothing))
-    return _compile(model) if opts.compile else model
+        new = Int8Linear.from_linear(linear, dynamic, x_range, opts.smoothing)
+        if not new.static:
+            by_weight[linear.weight.data_ptr()] = new
+        _swap(model, name, new)
+    return by_weight
 
 
 def _step_name(dynamic: bool) -> str:
@@ -335,17 +395,18 @@ def _apply_int8(dynamic: bool):
         step = _step_name(dynamic)
         names = _named_linears(model, opts.skip)
         if not names:
-            raise SlimformerError(f"step {step!r}: no nn.Linear left to quantize (skip={opts.skip})")
+            raise SlimformerError(f"step {step!r}: {type(model).__name__} has no nn.Linear or Conv1D left to "
+                                  f"quantize (skip={opts.skip})")
+        for name in names:
+            _as_linear(model, name)
         ranges = input_ranges(model, names, ctx, step) if _check_activations(opts, dynamic) else None
         ctx.state["modules"] = names
         log.info("quantizing %d Linear layers to int8 (%s)", len(names),
                  opts.activations if dynamic else "weight-only")
+        tied = _quantize(model, opts, dynamic, names, ranges)
         if opts.embeddings:
-            embs = [n for n, m in model.named_modules() if type(m) is nn.Embedding]
-            ctx.state["embeddings"] = embs
-            for name in embs:
-                _swap(model, name, Int8Embedding.from_embedding(model.get_submodule(name)))
-        return _quantize(model, opts, dynamic, names, ranges)
+            ctx.state["embeddings"] = _quantize_embeddings(model, tied)
+        return _compile(model) if opts.compile else model
     return apply
 
 
@@ -357,19 +418,21 @@ def _restore_int8(dynamic: bool):
             raise SlimformerError("step int8: state 'modules' in slimformer.json must be a list of module names")
         for name in names:
             try:
-                linear = model.get_submodule(name)
+                linear = _as_linear(model, name)
             except AttributeError as e:
                 raise SlimformerError(f"step int8: module {name!r} from slimformer.json not found in the model") from e
-            if not isinstance(linear, nn.Linear):
-                raise SlimformerError(f"step int8: module {name!r} is a {type(linear).__name__}, expected nn.Linear")
             _swap(model, name, Int8Linear(linear.in_features, linear.out_features, linear.bias is not None,
                                           dynamic, linear.weight.dtype, static=static))
+        tables = {names[0]: names for names in _embeddings(model).values()}
         for name in state.get("embeddings") or []:
+            if name not in tables:
+                raise SlimformerError(f"step int8: module {name!r} from slimformer.json is not a token table "
+                                      "of this model")
             emb = model.get_submodule(name)
-            if not isinstance(emb, nn.Embedding):
-                raise SlimformerError(f"step int8: module {name!r} is a {type(emb).__name__}, expected nn.Embedding")
-            _swap(model, name, Int8Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx,
-                                             emb.weight.dtype))
+            new = Int8Embedding(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, emb.weight.dtype,
+                                _embed_scale(emb))
+            for alias in tables[name]:
+                _swap(model, alias, new)
         return _compile(model) if opts.compile else model
     return restore
 

@@ -198,15 +198,15 @@ def _seq2seq_encode(self: Seq2Seq, src: Tensor, src_mask: Tensor | None = None) 
     return memory, red.bias
 
 
-def reference_site(model: nn.Module) -> TokenSite | None:
-    """The `TokenSite` of a reference model, or None if `model` is not one we can patch."""
+def reference_site(model: nn.Module, family: str) -> TokenSite | None:
+    """The `TokenSite` of a reference model (by its family's name), or None if it is not one."""
     # depth counts the blocks present (prune-layers may have removed some the config still lists)
-    if isinstance(model, ViT):
+    if family == "reference-vit":
         c = model.config
         return TokenSite(len(model.blocks), c.n_patches + 1, 1, True, "cls", "keys")
-    if isinstance(model, Encoder):
+    if family == "reference-encoder":
         return TokenSite(len(model.blocks), model.config.max_len, 0, False, "mean", "hidden")
-    if isinstance(model, Seq2Seq):
+    if family == "reference-seq2seq":
         return TokenSite(len(model.encoder.blocks), model.config.max_len, 0, False, "mean", "hidden")
     return None
 
@@ -218,14 +218,17 @@ def _bind(module: nn.Module, name: str, fn, red: TokenReducer) -> None:
 
 def patch_reference(model: nn.Module, red: TokenReducer) -> None:
     """Swap in the reducing forward on this instance (its class and weights stay untouched)."""
-    if isinstance(model, ViT):
+    from ..families import family_of
+
+    family = family_of(model, "token reduction").name
+    if family == "reference-vit":
         _check_blocks(model.blocks)
         model._token_merges = red.static_plan(model.config.n_patches)  # every image: same tokens, class token kept
         _bind(model, "forward", _vit_forward, red)
-    elif isinstance(model, Encoder):
+    elif family == "reference-encoder":
         _check_blocks(model.blocks)
         _bind(model, "forward", _encoder_forward, red)
-    elif isinstance(model, Seq2Seq):
+    elif family == "reference-seq2seq":
         _check_blocks(model.encoder.blocks)
         _bind(model.encoder, "forward", _encoder_forward, red)
         # BOS/EOS mark the sentence boundaries the decoder relies on: never merge them.

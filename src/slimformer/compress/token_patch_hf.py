@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
-from ..models.hf import is_hf_model
 from .token_patch import LAYER, PLANS, STATE, TokenReducer, TokenSite, _bind
 
 
@@ -118,9 +117,9 @@ def _family(base: nn.Module) -> tuple[str, list[nn.Module]] | None:
     return None
 
 
-def hf_site(model: nn.Module) -> TokenSite | None:
-    """The `TokenSite` of a supported Hugging Face model (BertModel, ViTModel, or a model wrapping one)."""
-    if not is_hf_model(model):
+def hf_site(model: nn.Module, family: str) -> TokenSite | None:
+    """The `TokenSite` of a supported Hugging Face model (BERT-style or ViT family), else None."""
+    if family not in ("bert", "vit"):
         return None
     base = model.base_model
     found = _family(base)

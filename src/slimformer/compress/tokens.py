@@ -19,6 +19,7 @@ from typing import Literal
 from torch import nn
 
 from ..errors import SlimformerError
+from ..families import family_of
 from .registry import Step, StepContext, register
 from .token_patch import TokenReducer, TokenSite, patch_reference, reference_site, token_sizes, unpatch
 from .token_patch_hf import hf_site, patch_hf
@@ -76,11 +77,11 @@ class PruneOptions:
 
 def token_site(model: nn.Module, step: str) -> TokenSite:
     """The model's token geometry, or an error naming what can be patched."""
-    site = reference_site(model) or hf_site(model)
+    family = family_of(model, step)
+    refusal = family.token_reduction_refusal(model)
+    site = None if refusal else reference_site(model, family.name) or hf_site(model, family.name)
     if site is None:
-        raise SlimformerError(f"step {step!r} cannot patch a {type(model).__name__}; supported: ViT, Encoder, "
-                              "Seq2Seq (encoder side), Hugging Face BertModel-style encoders and ViTModel "
-                              "(causal decoders cannot merge tokens: it would mix past and future)")
+        raise SlimformerError(f"step {step!r}: {refusal or f'no token patch for the {family.name} layout'}")
     return site
 
 
@@ -155,7 +156,7 @@ def apply_prune(model: nn.Module, opts: PruneOptions, ctx: StepContext | None = 
 
 def _patch(model: nn.Module, red: TokenReducer) -> nn.Module:
     unpatch(model)  # re-applying replaces the old patch instead of stacking on it
-    if reference_site(model) is not None:
+    if reference_site(model, family_of(model, "token reduction").name) is not None:
         patch_reference(model, red)
     else:
         patch_hf(model, red)

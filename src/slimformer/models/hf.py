@@ -44,18 +44,61 @@ def refuse_pickles(path: Path) -> None:
     raise SlimformerError(f"{path}: no model.safetensors found")
 
 
-def load_hf_dir(path: str | Path) -> nn.Module:
-    """Load a Hugging Face model dir (e.g. BertModel, ViTModel) from safetensors, offline, in eval mode."""
-    from transformers import AutoModel
+def attention_implementation(cls: type) -> str:
+    """sdpa where the architecture has it (fast fused attention), else the eager reference kernel."""
+    return "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
 
+
+def saved_class(path: Path) -> type[nn.Module]:
+    """The class named by `config.json`'s `architectures` (e.g. GPT2LMHeadModel), so a model with a head
+    keeps it; AutoModel's choice only when the config names none. Only transformers' own classes: never
+    repository code."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise SlimformerError(f"{path}: cannot read config.json: {str(e).splitlines()[0]}") from e
+    names = getattr(config, "architectures", None) or []
+    if not names:
+        return AutoModel._model_mapping[type(config)]
+    cls = getattr(transformers, names[0], None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise SlimformerError(f"{path}: config.json names architecture {names[0]!r}, which transformers "
+                              f"{transformers.__version__} does not provide (slimformer never runs repository code)")
+    return cls
+
+
+def _quiet_loading():
+    """transformers' per-load progress bars and load reports: we check the load ourselves."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_hf_dir(path: str | Path) -> nn.Module:
+    """Load a Hugging Face model dir as the class it was saved as, from safetensors, offline, eval mode.
+
+    A load that leaves any weight at its random initialization is refused, naming the tensors: a model
+    with a freshly drawn head or decoder would give wrong numbers silently."""
     path = Path(path)
     refuse_pickles(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cls = saved_class(path)
+    _quiet_loading()
     try:
-        model = AutoModel.from_pretrained(path, use_safetensors=True, local_files_only=True,
-                                          attn_implementation="sdpa")
+        model, info = cls.from_pretrained(path, use_safetensors=True, local_files_only=True,
+                                          attn_implementation=attention_implementation(cls),
+                                          output_loading_info=True)
     except (OSError, ValueError) as e:
         raise SlimformerError(f"{path}: cannot load as a Hugging Face model: {str(e).splitlines()[0]}") from e
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise SlimformerError(f"{path}: model.safetensors lacks {len(missing)} weight(s) of {cls.__name__} "
+                              f"({shown}); they would be random. Is config.json's architecture the one saved?")
     return model.eval()
 
 
@@ -82,5 +125,5 @@ def build_hf(config: dict[str, Any]) -> nn.Module:
         raise SlimformerError(f"cannot rebuild Hugging Face model class {config.get('hf_class')!r} "
                               f"(model_type {model_type!r})")
     hf_config = AutoConfig.for_model(model_type, **cfg)
-    hf_config._attn_implementation = "sdpa"
+    hf_config._attn_implementation = attention_implementation(cls)
     return cls(hf_config).eval()
