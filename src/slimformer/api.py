@@ -118,6 +118,29 @@ def embed(model_ref: str | Path | nn.Module, texts: list[str], recipe: str | Pat
     return embedding.embed(model, texts, max_length=embedding.token_limit(model, tokenizer), tok=tokenizer)
 
 
+def transcribe(model_ref: str | Path | nn.Module, audio: list[str | Path], recipe: str | Path | None = None
+               ) -> list[dict[str, Any]]:
+    """Transcribe audio files (wav/flac, any rate, <= 30 s each) with a Whisper model, one at a time:
+    `[{"path", "text", "seconds", "audio_seconds"}]`, where `seconds` excludes loading the model.
+    Every file is read and checked before the model loads, so a bad file fails fast."""
+    import time
+
+    from .tasks import speech
+
+    clips = [speech.read_audio(p) for p in audio]
+    model = model_ref if isinstance(model_ref, nn.Module) else io.load(model_ref)
+    steps = parse_recipe(recipe)
+    if steps:
+        model, _ = compress_model(model, steps, "speech", recipe_of(model_ref))
+    out = []
+    for path, clip in zip(audio, clips, strict=True):
+        start = time.perf_counter()
+        (text,) = speech.transcribe(model, [clip], batch=1)
+        out.append({"path": str(path), "text": text, "seconds": round(time.perf_counter() - start, 4),
+                    "audio_seconds": round(len(clip) / speech.SAMPLE_RATE, 3)})
+    return out
+
+
 def write_results(path: str | Path, results: list[dict[str, Any]]) -> Path:
     """Write `{"env": ..., "results": [...]}` atomically (the contract in DESIGN.md)."""
     from .bench.env import environment

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import atomic, guard
 from .errors import SlimformerError
-from .models import BUILTINS, architecture_of, build_builtin, build_model, config_dict
+from .models import BUILTINS, architecture_of, build_builtin, build_model, config_dict, whisper_ct2
 from .models import hf as hf_models
 
 WEIGHTS = "model.safetensors"
@@ -222,10 +222,14 @@ def load(ref: str | Path) -> nn.Module:
         return build_builtin(ref_str).eval()
     if ref_str == "minilm":
         return hf_models.load_hf_dir(hf_models.minilm_dir())
+    if ref_str == whisper_ct2.BUILTIN:
+        return whisper_ct2.load_packaged()
     path = Path(ref)
     if path.is_dir():
         if (path / META).exists():
             return load_model_dir(path)
+        if whisper_ct2.is_ct2_dir(path):
+            return whisper_ct2.load_dir(path)
         if (path / "config.json").exists():
             return hf_models.load_hf_dir(path)
         raise SlimformerError(f"{path}: neither a slimformer model dir ({META}) nor a Hugging Face dir "
@@ -234,4 +238,4 @@ def load(ref: str | Path) -> nn.Module:
         raise SlimformerError(f"{path}: pickled weights are refused (unpickling can run arbitrary code); "
                               "convert them to safetensors on a machine you trust")
     raise SlimformerError(f"model {ref_str!r} not found: give a model dir or one of "
-                          f"{', '.join([*BUILTINS, 'minilm'])}")
+                          f"{', '.join([*BUILTINS, 'minilm', whisper_ct2.BUILTIN])}")

@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Command modules register themselves on `app` when imported.
-from . import compress, core, measure, parallel, serve, translate  # noqa: E402,F401
+from . import compress, core, measure, parallel, serve, transcribe, translate  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,3 +1,3 @@
 """Imports every module that registers built-in steps. Add a line here when adding a step module."""
 
-from . import attention_bf16, depth, distill, lowrank, prune, quantize, tokens  # noqa: F401
+from . import attention_bf16, audio_trim, depth, distill, lowrank, prune, quantize, tokens  # noqa: F401

@@ -28,6 +28,8 @@ TASKS: dict[str, TaskInfo] = {
     "embedding": TaskInfo("embedding", "embedding", "cosine",
                           "sentence embeddings of real English sentences vs the fp32 model (MiniLM)", False),
     "fashion": TaskInfo("fashion", "fashion", "accuracy", "ViT on Fashion-MNIST, 60k/10k real images (top-1)", True),
+    "speech": TaskInfo("speech", "speech", "word_accuracy",
+                       "Whisper ASR: held-out verses spoken by espeak-ng, clean + noisy (1 - WER)", False),
     "translation": TaskInfo("translation", "translation", "bleu",
                             "English->Spanish verses, held-out books (BLEU, chrF)", True),
 }
