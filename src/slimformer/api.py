@@ -42,22 +42,28 @@ def recipe_of(ref: str | Path | nn.Module) -> list[dict]:
     return []
 
 
-def step_context(task: str | None, teacher: nn.Module | None = None) -> StepContext:
-    calib = None
-    if task is not None:
-        module = get_task(task)
-        calib = getattr(module, "calibration", None)
-    return StepContext(calib=calib, task=task, teacher=teacher)
+def step_context(task: str | None, teacher: nn.Module | None = None, calib: Any = None) -> StepContext:
+    """What steps may use: calibration batches (the caller's own, else the task's), the task, a teacher.
+    `calib`: an iterable of model inputs, each a tuple of positional args or a dict of keyword args."""
+    if calib is not None:
+        batches = list(calib)
+        if not batches:
+            raise SlimformerError("calib is empty: give at least one batch of model inputs")
+        source = lambda: iter(batches)  # noqa: E731 (a re-iterable view of the caller's batches)
+    else:
+        source = getattr(get_task(task), "calibration", None) if task is not None else None
+    return StepContext(calib=source, task=task, teacher=teacher)
 
 
 def compress_model(model: nn.Module, recipe: str | Path | list[RecipeStep] | None, task: str | None = None,
-                   applied: list[dict] | None = None) -> tuple[nn.Module, list[dict]]:
-    """Apply a recipe in memory. Returns the compressed model and the full recipe record."""
+                   applied: list[dict] | None = None, calib: Any = None) -> tuple[nn.Module, list[dict]]:
+    """Apply a recipe in memory. Returns the compressed model and the full recipe record. `calib`: the
+    caller's calibration batches (see `step_context`), used instead of the task's."""
     steps = recipe if isinstance(recipe, list) else parse_recipe(recipe, task)  # `fast` resolves by task
     import copy
 
     teacher = copy.deepcopy(model).eval() if any(s.step.name == "distill" for s in steps) else None
-    model, record = apply_recipe(model, steps, step_context(task, teacher), applied)
+    model, record = apply_recipe(model, steps, step_context(task, teacher, calib), applied)
     model._slimformer_recipe = record
     return model.eval(), record
 
