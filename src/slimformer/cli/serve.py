@@ -20,6 +20,7 @@ from . import app
 def serve(
     model: str = typer.Argument(..., help="model dir, Hugging Face dir or built-in name (e.g. minilm)"),
     recipe: str = typer.Option(None, "--recipe", help="compress first with this recipe (YAML file or inline)"),
+    task: str = typer.Option(None, "--task", help="task whose data calibrates the recipe (e.g. embedding)"),
     workers: int = typer.Option(1, "--workers", help="model worker processes"),
     threads: int = typer.Option(None, "--threads", help="intra-op threads per worker (default: cores / workers)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
@@ -37,7 +38,7 @@ def serve(
     Text encoders: POST /v1/embeddings (OpenAI) and POST /embed (TEI). Image classifiers: POST /v1/classify.
     All: GET /health, /info, /metrics (Prometheus).
 
-    Example: slimformer serve minilm --recipe int8 --workers 2 --port 8000
+    Example: slimformer serve minilm --recipe recipes/minilm-fast.yaml --task embedding --port 8000
 
     curl -s localhost:8000/v1/embeddings -H 'content-type: application/json' -d '{"input": "Hello", "model": "minilm"}'
     """
@@ -57,7 +58,7 @@ def serve(
     with tempfile.TemporaryDirectory(prefix="slimformer-serve-") as tmp:
         ref = model
         if recipe:
-            ref = str(api.compress(model, recipe, Path(tmp) / (Path(model).name or "model")))
+            ref = str(api.compress(model, recipe, Path(tmp) / (Path(model).name or "model"), task=task))
             options.recipe = api.recipe_of(ref)
             options.name = options.name or Path(model).name
         else:

@@ -12,6 +12,7 @@ import errno
 import signal
 import socket
 
+import torch
 import uvicorn
 
 from ..errors import SlimformerError
@@ -42,6 +43,7 @@ def _ignore(signum, frame) -> None:
 def serve(service: Service, host: str = "127.0.0.1", port: int = 8000, drain_timeout: float = DRAIN_TIMEOUT_S) -> int:
     """Serve until stopped; the exit code: 0 after a drain, 1 when the workers could not start."""
     check_port(host, port)
+    torch.set_num_threads(1)  # this process parses and tokenizes; the cores are the workers'
     failures: list[str] = []
     config = uvicorn.Config(None, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=drain_timeout)
