@@ -25,7 +25,7 @@ from slimformer.bench.env import environment
 from slimformer.bench.inputs import example_inputs
 from slimformer.bench.timing import measure
 from slimformer.parallel.common import LocalWorker, output_of
-from slimformer.parallel.data import run_job as run_ddp
+from slimformer.parallel.jobs import run_ddp
 from slimformer.parallel.launch import LaunchConfig, launch
 from slimformer.parallel.serve import ServeConfig, serve_benchmark
 from slimformer.paths import cache_dir

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -74,11 +74,24 @@ def run_job(job: str, spec: dict[str, Any], nproc: int, extra: list[str], hang_t
 
     args, _ = torchrun_args(extra)
     try:
-        return launch(job, spec, LaunchConfig(nproc=nproc, torchrun_args=args, hang_timeout=hang_timeout,
-                                              stall_timeout=max(120.0, 6 * hang_timeout), quiet=True))
+        result = launch(job, spec, LaunchConfig(nproc=nproc, torchrun_args=args, hang_timeout=hang_timeout,
+                                                stall_timeout=max(120.0, 6 * hang_timeout), quiet=True))
     except JobFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        fail(e)
+    if result.get("remote"):  # a node of a multi-node job that did not run global rank 0
+        ranks = ", ".join(map(str, result["ranks"]))
+        console.print(f"{job}: this node's ranks ({ranks}) finished; the result is reported (and written) on "
+                      "the node that ran global rank 0")
+        raise typer.Exit(0)
+    return result
+
+
+def fail(e) -> NoReturn:
+    """A failed job: the workers' last lines (the launch kept them off the terminal), then one error line."""
+    if e.log:
+        print(f"worker log (last {len(e.log)} lines):", *e.log, sep="\n", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
+    raise typer.Exit(1) from None
 
 
 def load_checked(model: str):
@@ -139,9 +152,11 @@ def serve(
 @parallel_app.command(context_settings=EXTRA)
 def ddp(
     ctx: typer.Context,
-    model: str = typer.Argument(..., help="model to train: vit-tiny / a digits model dir, or seq2seq-small"),
+    model: str = typer.Argument(..., help="model to train: vit-tiny / a digits model dir, seq2seq-small, or any "
+                                          "model or Hugging Face dir with --task random"),
     nproc: int = typer.Option(2, "--nproc", help="processes per node"),
-    task: str = typer.Option("digits", "--task", help="digits | reverse | copy (synthetic seq2seq)"),
+    task: str = typer.Option("digits", "--task", help="digits | reverse | copy (synthetic seq2seq) | random "
+                                                      "(random inputs and targets, any model)"),
     batch: int = typer.Option(32, "--batch", help="items per rank per step (global batch = batch x ranks)"),
     steps: int = typer.Option(100, "--steps", help="optimizer steps in all (a resumed run continues up to it)"),
     lr: float = typer.Option(3e-3, "--lr", help="peak learning rate (AdamW, warm-up + cosine)"),
@@ -150,7 +165,7 @@ def ddp(
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="also checkpoint every N steps"),
     resume: Path = typer.Option(None, "--resume", help="continue from this checkpoint dir"),
     check: bool = typer.Option(False, "--check", help="first compare one step with a single-process step"),
-    seq_len: int = typer.Option(12, "--seq-len", help="sequence length of the synthetic seq2seq task"),
+    seq_len: int = typer.Option(12, "--seq-len", help="sequence length of the synthetic seq2seq / random task"),
     threads: int = typer.Option(1, "--threads", help="intra-op threads per rank"),
     hang_timeout: float = typer.Option(20.0, "--hang-timeout", help="seconds without a heartbeat before a "
                                                                     "rank counts as hung"),
@@ -159,6 +174,9 @@ def ddp(
     """Data-parallel training (DDP or FSDP2) of MODEL on a task, with checkpoints and resume.
 
     Example: slimformer parallel ddp --nproc 2 vit-tiny --task digits --steps 200 --out runs/ddp
+
+    Two machines (run on each, NODE = 0 or 1): slimformer parallel ddp --nproc 2 vit-tiny --nnodes 2
+    --node-rank NODE --rdzv-backend c10d --rdzv-endpoint HOST0:29500
     """
     from ..errors import SlimformerError
     from ..parallel.data import is_checkpoint, validate_ddp
@@ -186,7 +204,8 @@ def ddp(
 @parallel_app.command(context_settings=EXTRA)
 def tp(
     ctx: typer.Context,
-    model: str = typer.Argument(..., help="reference model (built-in name or model dir)"),
+    model: str = typer.Argument(..., help="built-in name, model dir or Hugging Face dir (separate q/k/v "
+                                          "projections: not GPT-2)"),
     nproc: int = typer.Option(2, "--nproc", help="tensor-parallel degree (processes per node)"),
     batch: int = typer.Option(8, "--batch", help="items per forward call"),
     seq_len: int = typer.Option(128, "--seq-len", help="tokens for text models"),
@@ -197,7 +216,7 @@ def tp(
 ) -> None:
     """Tensor-parallel inference and one training step, both checked against a single process.
 
-    Example: slimformer parallel tp --nproc 2 encoder-small --batch 8
+    Example: slimformer parallel tp --nproc 2 encoder-small --batch 8  (or a Hugging Face Llama / BERT dir)
     """
     from ..parallel.tensor import validate_tp
 
@@ -215,7 +234,8 @@ def tp(
 @parallel_app.command(context_settings=EXTRA)
 def pp(
     ctx: typer.Context,
-    model: str = typer.Argument(..., help="ViT, Encoder or Decoder (built-in name or model dir)"),
+    model: str = typer.Argument(..., help="reference ViT / Encoder / Decoder, or a Hugging Face Llama-style "
+                                          "or BERT-style base dir"),
     nproc: int = typer.Option(2, "--nproc", help="pipeline stages (processes per node)"),
     schedule: str = typer.Option("gpipe", "--schedule", help="gpipe | 1f1b"),
     microbatches: int = typer.Option(4, "--microbatches", help="microbatches per batch"),

@@ -7,6 +7,7 @@ models, ...), not a class: many Hugging Face classes share one layout. Each fami
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -91,15 +92,99 @@ class Family:
                 "it runs on the reference models and Hugging Face BERT-style encoders and ViTs")
 
     # ---- parallel
-    def tp_plan(self, model: nn.Module) -> dict[str, str] | None:
-        """Tensor-parallel plan: submodule pattern -> "colwise" / "rowwise"; None if the family has none."""
+    def tp_plan(self, model: nn.Module, degree: int = 1) -> dict[str, str]:
+        """Tensor-parallel plan (Megatron's): submodule name -> "colwise" / "rowwise", from the sites.
+
+        q, k, v (and an FFN's gate and up) are split by output features, so each rank owns whole heads
+        (and their key/value heads) and a slice of the hidden layer; o and down are split by input
+        features, their partial sums all-reduced. Refuses, stating the rule and the numbers, what cannot
+        be split `degree` ways. After sharding, a rank holds `n / degree` heads: `site.set_heads` says so.
+        """
+        what = f"tensor parallel ({type(model).__name__}, {self.name} layout)"
+        plan: dict[str, str] = {}
+        for site in self.head_sites(model):
+            if site.qkv is not None:
+                raise SlimformerError(
+                    f"{what}: {site.name} projects q, k and v with one fused layer ({site.qkv.name}); split by "
+                    "output features a rank would get all of q and part of k instead of whole heads. Tensor "
+                    "parallel needs separate q/k/v projections; use `slimformer parallel pp` or ddp for it")
+            if site.tables:
+                raise SlimformerError(
+                    f"{what}: {site.name} adds a per-head table ({site.tables[0].name}) shared across layers; "
+                    "tensor parallel splits heads only where attention has no per-head tables")
+            if site.n_heads % degree or site.kv_heads % degree:
+                raise SlimformerError(
+                    f"{what}: {site.name} has {site.n_heads} query heads and {site.kv_heads} key/value heads; "
+                    f"both must be divisible by the tensor-parallel degree {degree} (each rank owns whole heads "
+                    "and the key/value heads they read)")
+            plan.update({s.name: "colwise" for s in site.projections})
+            plan[site.o.name] = "rowwise"
+        for site in self.ffn_sites(model):
+            width = int(site.fc1.get().weight.shape[0])
+            if width % degree:
+                raise SlimformerError(f"{what}: {site.name} has FFN width {width}; it must be divisible by the "
+                                      f"tensor-parallel degree {degree}")
+            plan.update({s.name: "colwise" for s in (site.gate, site.fc1) if s is not None})
+            plan[site.fc2.name] = "rowwise"
+        if not plan:
+            raise SlimformerError(f"{what}: found no attention or FFN layer to split")
+        return plan
+
+    def stage_parts(self, model: nn.Module) -> StageParts | None:
+        """How pipeline stages cut this model (see `StageParts`); None where the layout has no single
+        stack to cut (an encoder-decoder: every decoder stage needs the encoder's memory)."""
         return None
+
+    def stage_refusal(self, model: nn.Module) -> str:
+        """Why `stage_parts` is None for this model (for the pipeline-parallel refusal)."""
+        if self.kind in ("seq2seq", "speech"):
+            return (f"{type(model).__name__} has an encoder and a decoder stack (every decoder stage needs the "
+                    "encoder memory); use `slimformer parallel ddp` or tp for it")
+        return (f"{type(model).__name__} ({self.name} layout) has no pipeline split yet; pipeline parallel runs "
+                "the reference ViT, Encoder and Decoder, Hugging Face Llama-style decoders (base or causal LM) "
+                "and BERT-style base encoders")
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """A short summary for tables and /info."""
         dims = self.dims(model)
         return {"family": self.name, "kind": self.kind, "class": type(model).__name__, "d_model": dims.d,
                 "heads": dims.heads, "layers": dims.layers}
+
+
+State = tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class StageParts:
+    """A model cut for pipeline stages, in the model's own modules.
+
+    Paths are dotted attribute paths from the model. A stage holds the parts it runs at the same paths
+    (so its parameter names are the unsplit model's), and the three functions take that holder: on the
+    whole model they compute the model's main output (`run_stage_parts`), which is how each family's cut
+    is tested. What flows between stages (`State`) is float tensors only: a pipeline sizes its buffers
+    by running a stage on uninitialized tensors, so token ids or integer masks must not cross stages.
+    """
+
+    blocks: str  # the block list the stages split
+    first: tuple[str, ...]  # parts run before the blocks (embeddings): the first stage's
+    last: tuple[str, ...]  # parts run after them (final norm, head): the last stage's
+    embed: Callable[[nn.Module, tuple, dict], State]  # (holder, model args, model kwargs) -> state
+    run_blocks: Callable[[nn.Module, list[nn.Module], State], State]  # a stage's consecutive blocks
+    head: Callable[[nn.Module, State], Tensor]  # state after the last block -> the model's main output
+    every: tuple[str, ...] = ()  # parameter-free parts every stage needs (rotary tables)
+
+
+def attr_path(root: Any, path: str) -> Any:
+    """`root.a.b` for path "a.b" (the root itself for "")."""
+    for part in filter(None, path.split(".")):
+        root = getattr(root, part)
+    return root
+
+
+def run_stage_parts(model: nn.Module, parts: StageParts, args: tuple, kwargs: dict) -> Tensor:
+    """The whole model run through its stage parts: equals its main output when the cut is right."""
+    state = parts.embed(model, args, kwargs)
+    return parts.head(model, parts.run_blocks(model, list(attr_path(model, parts.blocks)), state))
 
 
 def random_ids(g: torch.Generator, vocab: int, shape: tuple[int, ...], low: int = 0) -> Tensor:

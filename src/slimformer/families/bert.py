@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .hf import HFFamily, counts_setter
+from .base import StageParts, State
+from .hf import HFFamily, carried_mask, counts_setter, real_tokens
 from .sites import FFNSite, HeadSite, has_modules, join, slot
 
 
@@ -50,6 +51,28 @@ class Bert(HFFamily):
 
     def protected_tokens(self, model: nn.Module) -> int:
         return 1  # [CLS]; [SEP] (the last real token) is protected by the patch, per row
+
+    def stage_parts(self, model: nn.Module) -> StageParts | None:
+        """`BertModel.forward` cut at `encoder.layer`: embeddings first; every stage rebuilds the attention
+        mask from the carried padding mask; the main output is the last layer's hidden states (post-LN:
+        no final norm). Task heads (classifier, MLM) have no cut here."""
+        if model.base_model is not model:
+            return None
+
+        def embed(h: nn.Module, args: tuple, kwargs: dict) -> State:
+            x = h.embeddings(input_ids=kwargs["input_ids"], token_type_ids=kwargs.get("token_type_ids"))
+            return x, carried_mask(kwargs, x)
+
+        def run_blocks(h: nn.Module, blocks: list[nn.Module], state: State) -> State:
+            from transformers.masking_utils import create_bidirectional_mask
+
+            x, mask = state
+            bias = create_bidirectional_mask(config=h.config, inputs_embeds=x, attention_mask=real_tokens(mask))
+            for block in blocks:
+                x = block(x, bias)
+            return x, mask
+
+        return StageParts("encoder.layer", ("embeddings",), (), embed, run_blocks, lambda h, state: state[0])
 
     def token_reduction_refusal(self, model: nn.Module) -> str | None:
         return None

@@ -15,17 +15,11 @@ from torch import nn
 
 from ..errors import SlimformerError
 from ..models.hf import is_hf_model
-from .base import Dims, Family, Inputs, check_len, random_ids
+from .base import Dims, Family, Inputs, attr_path, check_len, random_ids
 from .checks import check_features, check_images, check_tokens
 from .sites import FFNSite, HeadSite, Slot, has_modules, slot
 
 UNBOUNDED = 1 << 20  # relative-position models (T5) take any length; memory checks bound it instead
-
-
-def attr_path(root: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root
 
 
 class HFFamily(Family):
@@ -191,3 +185,25 @@ def ffn(name: str, m: nn.Module, up: str, down: str, gate: str | None = None) ->
         return None
     gate_slot: Slot | None = slot(m, gate, name) if gate else None
     return FFNSite(name, slot(m, up, name), slot(m, down, name), gate_slot)
+
+
+# ---- pipeline stage parts ---------------------------------------------------------------------------
+
+def module_path(model: nn.Module, module: nn.Module | None) -> str | None:
+    """The dotted name of `module` inside `model` ("" for the model itself), None if it is not in it."""
+    if module is None:
+        return None
+    return next((name for name, m in model.named_modules() if m is module), None)
+
+
+def carried_mask(kwargs: dict, x: torch.Tensor) -> torch.Tensor:
+    """The 2-D padding mask as floats (1 = real token), the form a pipeline can carry between stages."""
+    mask = kwargs.get("attention_mask")
+    if mask is None:
+        return torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
+    return mask.to(x.dtype)
+
+
+def real_tokens(mask: torch.Tensor) -> torch.Tensor:
+    """A carried float mask back as the boolean mask the model's own mask builders take."""
+    return mask > 0.5

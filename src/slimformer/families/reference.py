@@ -7,12 +7,12 @@ in `blocks` lists.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..models import Decoder, Encoder, Seq2Seq, ViT
-from ..models.attention import Attention
+from ..models.attention import Attention, padding_bias
 from ..models.blocks import MLP
-from .base import Dims, Family, Inputs, check_len, random_ids
+from .base import Dims, Family, Inputs, StageParts, State, check_len, random_ids
 from .checks import check_images, check_tokens
 from .sites import FFNSite, HeadSite, slot
 
@@ -22,6 +22,52 @@ def _head_site(name: str, m: Attention) -> HeadSite:
         m.n_heads = n
 
     return HeadSite(name, *(slot(m, a, name) for a in ("q", "k", "v", "o")), m.n_heads, m.head_dim, set_heads)
+
+
+# ---- pipeline stage parts: the models' own forward, cut at the block list -------------------------------
+# `ViT.embed` / `Encoder.embed` are called unbound, with a stage holding the same attributes as `self`.
+
+def _vit_embed(h: nn.Module, args: tuple, kwargs: dict) -> State:
+    return (ViT.embed(h, args[0]),)
+
+
+def _vit_head(h: nn.Module, state: State) -> Tensor:
+    return h.head(h.norm(state[0])[:, 0])
+
+
+def _plain_blocks(h: nn.Module, blocks: list[nn.Module], state: State) -> State:
+    x = state[0]
+    for block in blocks:
+        x = block(x)
+    return (x,)
+
+
+def _encoder_embed(h: nn.Module, args: tuple, kwargs: dict) -> State:
+    x = Encoder.embed(h, args[0])
+    mask = args[1] if len(args) > 1 else kwargs.get("mask")
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return x, padding_bias(mask, x.dtype)
+
+
+def _encoder_blocks(h: nn.Module, blocks: list[nn.Module], state: State) -> State:
+    x, bias = state
+    for block in blocks:
+        x = block(x, bias)
+    return x, bias
+
+
+def _decoder_embed(h: nn.Module, args: tuple, kwargs: dict) -> State:
+    tokens = args[0]
+    pos = torch.arange(tokens.shape[1], device=tokens.device)
+    return (h.drop(h.tok_emb(tokens) + h.pos_emb(pos)),)
+
+
+def _decoder_blocks(h: nn.Module, blocks: list[nn.Module], state: State) -> State:
+    x = state[0]
+    for block in blocks:
+        x, _ = block(x)
+    return (x,)
 
 
 class Reference(Family):
@@ -73,6 +119,10 @@ class ReferenceViT(Reference):
     def protected_tokens(self, model: nn.Module) -> int:
         return 1  # the class token
 
+    def stage_parts(self, model: nn.Module) -> StageParts:
+        return StageParts("blocks", ("patch_embed", "cls_token", "pos_emb", "drop"), ("norm", "head"),
+                          _vit_embed, _plain_blocks, _vit_head)
+
     def token_reduction_refusal(self, model: nn.Module) -> str | None:
         return None
 
@@ -89,6 +139,10 @@ class ReferenceEncoder(Reference):
     def check_inputs(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
         c = model.config
         check_tokens(args[0], c.vocab_size, c.max_len, args[1] if len(args) > 1 else kwargs.get("mask"))
+
+    def stage_parts(self, model: nn.Module) -> StageParts:
+        return StageParts("blocks", ("tok_emb", "pos_emb", "drop"), ("norm",), _encoder_embed, _encoder_blocks,
+                          lambda h, state: h.norm(state[0]))
 
     def token_reduction_refusal(self, model: nn.Module) -> str | None:
         return None
@@ -108,6 +162,10 @@ class ReferenceDecoder(Reference):
         c = model.config
         for t in args[:1]:
             check_tokens(t, c.vocab_size, c.max_len)
+
+    def stage_parts(self, model: nn.Module) -> StageParts:
+        return StageParts("blocks", ("tok_emb", "pos_emb", "drop"), ("norm", "lm_head"), _decoder_embed,
+                          _decoder_blocks, lambda h, state: h.lm_head(h.norm(state[0])))
 
 
 class ReferenceSeq2Seq(Reference):

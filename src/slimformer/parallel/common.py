@@ -1,4 +1,4 @@
-"""Pieces every parallel job shares: inputs and a loss per model family, fixed-count timing, comparing
+"""Pieces every parallel job shares: inputs and a loss for any model family, fixed-count timing, comparing
 weights across ranks. Fixed counts matter: every rank must run the same number of collectives, so the
 adaptive warm-up of `bench.timing` (which stops when *this* process settles) cannot be used here."""
 
@@ -6,27 +6,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..bench.inputs import example_inputs
 from ..bench.timing import Timing, summarize
+from ..compress.distill import main_output
 from ..errors import SlimformerError
-from ..models import Decoder, Encoder, Seq2Seq, ViT
-
-FAMILIES = (ViT, Encoder, Decoder, Seq2Seq)
-
-
-def family(model: nn.Module) -> str:
-    """`vit`, `encoder`, `decoder` or `seq2seq`; refuses models that have no parallel plan."""
-    for cls in FAMILIES:
-        if type(model) is cls:
-            return cls.__name__.lower()
-    raise SlimformerError(f"parallel plans exist for the reference ViT, Encoder, Decoder and Seq2Seq; "
-                          f"{type(model).__name__} has none (use `slimformer parallel serve`, which runs any model)")
+from ..families import Family, family_of
 
 
 def refuse_token_reduction(model: nn.Module, what: str) -> None:
@@ -43,37 +33,60 @@ def trainable(model: nn.Module) -> bool:
     return all(type(p.data) is torch.Tensor and p.dtype == torch.float32 for p in model.parameters())
 
 
-def output_of(model: nn.Module, inputs: tuple) -> Tensor:
-    """The model's main output tensor (a Decoder also returns its cache, which we drop)."""
-    out = model(*inputs)
-    return out[0] if isinstance(out, tuple) else out
+def output_of(model: nn.Module, args: tuple, kwargs: dict | None = None) -> Tensor:
+    """The model's main output tensor (logits or hidden states; a Decoder's cache, an HF output's extras
+    dropped)."""
+    return main_output(model(*args, **(kwargs or {})))
 
 
-def batch_for(model: nn.Module, batch: int, seq_len: int, seed: int) -> tuple[tuple, Tensor]:
-    """(inputs, target) of random data with the model's shapes; the same on every rank for a seed.
+@dataclass
+class Batch:
+    """Model inputs (positional and keyword, as the family takes them) and a target for `loss`."""
 
-    Targets: class labels `[batch]` for a ViT, next tokens `[batch, time]` for a decoder / seq2seq,
-    random hidden states `[batch, time, d_model]` (a regression target) for an encoder.
+    args: tuple
+    kwargs: dict
+    target: Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(tuple(a.to(device) for a in self.args), {k: v.to(device) for k, v in self.kwargs.items()},
+                     self.target.to(device))
+
+    def rows(self, lo: int, hi: int) -> Batch:
+        """Items [lo, hi) of the batch (one rank's shard, one microbatch)."""
+        return Batch(tuple(a[lo:hi] for a in self.args), {k: v[lo:hi] for k, v in self.kwargs.items()},
+                     self.target[lo:hi])
+
+
+def item_output_shape(model: nn.Module, args: tuple, kwargs: dict) -> tuple[int, ...]:
+    """The shape of the model's main output for the first item of these inputs."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        shape = output_of(model, tuple(a[:1] for a in args), {k: v[:1] for k, v in kwargs.items()}).shape
+    model.train(was_training)
+    return tuple(shape)
+
+
+def random_batch(model: nn.Module, batch: int, seq_len: int, seed: int,
+                 out_shape: tuple[int, ...] | None = None, family: Family | None = None) -> Batch:
+    """Random inputs from the model's family and random class targets over the last dimension of its main
+    output (the classes, the vocabulary, or a hidden state's features), the same on every rank for a seed.
+    `out_shape` / `family` (known from an earlier call) spare a forward pass / the family lookup.
+
+    One rule for every family: `loss` is a cross-entropy over that dimension, so a training step moves
+    every weight the output depends on, and a wrong gradient on any rank shows in the comparison.
     """
-    args, _ = example_inputs(model, batch=batch, seq_len=seq_len, seed=seed)
+    family = family or family_of(model, "parallel")
+    args, kwargs = family.example_inputs(model, batch, seq_len, torch.Generator().manual_seed(seed))
+    shape = out_shape or item_output_shape(model, args, kwargs)
     g = torch.Generator().manual_seed(seed + 1)
-    fam = family(model)
-    if fam == "vit":
-        target = torch.randint(0, model.config.n_classes, (batch,), generator=g)
-    elif fam == "encoder":
-        target = torch.randn(batch, seq_len, model.config.d_model, generator=g)
-    else:
-        target = torch.randint(3, model.config.vocab_size, (batch, seq_len), generator=g)
-    return args, target
+    return Batch(args, kwargs, torch.randint(0, shape[-1], (batch, *shape[1:-1]), generator=g))
 
 
-def loss_fn(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
-    """A mean loss (so averaging it over ranks or microbatches gives the full-batch loss)."""
-    if family(model) == "encoder":
-        return F.mse_loss
-    if family(model) == "vit":
-        return F.cross_entropy
-    return lambda logits, target: F.cross_entropy(logits.flatten(0, 1), target.flatten())
+def loss(output: Tensor, target: Tensor) -> Tensor:
+    """Mean cross-entropy over the last dimension (averaged over ranks or microbatches it gives the
+    full-batch loss, as the equal-size shards make every mean the same weight)."""
+    return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
 
 
 def timed(fn: Callable[[], object], batch: int, warmup: int, repeats: int, sync: bool = True,

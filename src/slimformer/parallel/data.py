@@ -5,23 +5,20 @@ Each rank takes its own slice of every global batch, so one step on N ranks with
 one single-process step on the N·b items (the losses are means, and both wrappers average gradients).
 Rank 0 writes checkpoints as model dirs (`io.save_model`, atomic: a crash mid-save leaves the previous
 checkpoint whole) with the optimizer and schedule state beside the weights, so `--resume DIR` continues
-where the run stopped. Tasks: the real digits images, and a synthetic seq2seq task (reverse / copy a
-random token sequence), which trains the encoder-decoder without needing the translation corpus.
+where the run stopped. Tasks: the real digits images, a synthetic seq2seq task (reverse / copy a
+random token sequence), which trains the encoder-decoder without needing the translation corpus, and
+`random` (the family's random inputs, random class targets over the main output's last dimension), which
+trains any model slimformer knows. The job harness (training loop, one-step check) lives in `jobs.py`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
@@ -33,23 +30,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import io
 from ..errors import SlimformerError
-from ..models import Seq2Seq, ViT
-from ..tasks.training import cosine_schedule
-from .common import check_positive, full, max_param_diff
+from ..families import family_of
+from .common import Batch, check_positive, full, item_output_shape, loss, output_of, random_batch
 
 log = logging.getLogger(__name__)
 
-TASKS = ("digits", "reverse", "copy")
+TASKS = ("digits", "reverse", "copy", "random")
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
-
-
-@dataclass
-class LocalBatch:
-    """This rank's part of global batch `step`: model inputs and targets."""
-
-    inputs: tuple
-    target: Tensor
 
 
 class DigitsData:
@@ -64,7 +52,7 @@ class DigitsData:
     def steps_per_epoch(self, global_batch: int) -> int:
         return len(self.data.y_train) // global_batch  # drop the ragged last batch: equal shards
 
-    def shard(self, epoch: int, step: int, global_batch: int, rank: int, world: int, augment: bool) -> LocalBatch:
+    def shard(self, epoch: int, step: int, global_batch: int, rank: int, world: int, augment: bool) -> Batch:
         from ..tasks.images import random_affine
 
         g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
@@ -74,7 +62,7 @@ class DigitsData:
         x = self.data.x_train[idx]
         if augment:
             x = random_affine(x, torch.Generator().manual_seed(hash((self.seed, epoch, step, rank)) % 2**31))
-        return LocalBatch((x,), self.data.y_train[idx])
+        return Batch((x,), {}, self.data.y_train[idx])
 
 
 class SequenceData:
@@ -86,7 +74,7 @@ class SequenceData:
     def steps_per_epoch(self, global_batch: int) -> int:
         return 50
 
-    def shard(self, epoch: int, step: int, global_batch: int, rank: int, world: int, augment: bool) -> LocalBatch:
+    def shard(self, epoch: int, step: int, global_batch: int, rank: int, world: int, augment: bool) -> Batch:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1009 + step)
         src = torch.randint(3, self.vocab, (global_batch, self.length), generator=g)
         local = global_batch // world
@@ -94,20 +82,47 @@ class SequenceData:
         out = src.flip(1) if self.reverse else src
         bos = torch.full((local, 1), self.bos)
         eos = torch.full((local, 1), self.eos)
-        return LocalBatch((src, torch.cat([bos, out], 1)), torch.cat([out, eos], 1))
+        return Batch((src, torch.cat([bos, out], 1)), {}, torch.cat([out, eos], 1))
+
+
+class RandomData:
+    """Any model: the family's random inputs, random class targets over the main output's last dimension;
+    a global batch is drawn from the seed and step, and each rank takes its slice."""
+
+    def __init__(self, model: nn.Module, seed: int, seq_len: int):
+        # family and output shape now: once wrapped (DDP, FSDP) the model is neither looked up nor called here
+        self.model, self.seed, self.seq_len, self.family = model, seed, seq_len, family_of(model, "ddp")
+        args, kwargs = self.family.example_inputs(model, 1, seq_len, torch.Generator().manual_seed(seed))
+        self.out_shape = item_output_shape(model, args, kwargs)
+
+    def steps_per_epoch(self, global_batch: int) -> int:
+        return 50
+
+    def shard(self, epoch: int, step: int, global_batch: int, rank: int, world: int, augment: bool) -> Batch:
+        whole = random_batch(self.model, global_batch, self.seq_len, self.seed * 1_000_003 + epoch * 1009 + step,
+                             self.out_shape, self.family)
+        local = global_batch // world
+        return whole.rows(rank * local, (rank + 1) * local)
 
 
 def make_data(task: str, model: nn.Module, seed: int, seq_len: int):
     if task == "digits":
         return DigitsData(seed)
+    if task == "random":
+        return RandomData(model, seed, seq_len)
     return SequenceData(seed, model.config.vocab_size, seq_len, reverse=task == "reverse")
 
 
 def task_loss(logits: Tensor, target: Tensor) -> tuple[Tensor, int, int]:
     """Mean cross-entropy over items (classes `[b, C]`) or tokens (`[b, t, V]`); also #correct, #items."""
     flat_logits, flat_target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
-    loss = F.cross_entropy(flat_logits, flat_target)
-    return loss, int((flat_logits.argmax(-1) == flat_target).sum()), flat_target.numel()
+    return loss(logits, target), int((flat_logits.argmax(-1) == flat_target).sum()), flat_target.numel()
+
+
+def positional_shapes(model: nn.Module, seq_len: int) -> list[tuple[int, ...]] | None:
+    """Shapes of the model's inputs for one item, if it takes them all positionally (None otherwise)."""
+    args, kwargs = family_of(model, "ddp").example_inputs(model, 1, seq_len, torch.Generator().manual_seed(0))
+    return None if kwargs else [tuple(a.shape) for a in args]
 
 
 def validate_ddp(model: nn.Module, task: str, nproc: int, batch: int, fsdp: bool) -> None:
@@ -116,35 +131,60 @@ def validate_ddp(model: nn.Module, task: str, nproc: int, batch: int, fsdp: bool
     check_positive("--batch (per rank)", batch)
     if task not in TASKS:
         raise SlimformerError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    family = family_of(model, "ddp")
     if task == "digits":
-        c = getattr(model, "config", None)
-        if not isinstance(model, ViT) or (c.image_size, c.in_channels, c.n_classes) != (16, 1, 10):
-            raise SlimformerError("the digits task trains a ViT for 16x16x1 images and 10 classes (e.g. vit-tiny or "
-                                  f"a digits model dir); got {type(model).__name__}")
+        shapes = positional_shapes(model, 1)
+        classes = None
+        if shapes == [(1, 1, 16, 16)]:
+            with torch.no_grad():
+                classes = output_of(model.eval(), (torch.zeros(1, 1, 16, 16),)).shape[-1]
+        if classes != 10:
+            raise SlimformerError("the digits task trains an image model taking 16x16x1 images positionally with "
+                                  f"10 classes (e.g. vit-tiny or a digits model dir); got {type(model).__name__}; "
+                                  "--task random trains any model")
         n = 1437  # digits training split
         if batch * nproc > n:
             raise SlimformerError(f"global batch {batch} x {nproc} ranks = {batch * nproc} exceeds the "
                                   f"{n} digits training images")
-    elif not isinstance(model, Seq2Seq):
-        raise SlimformerError(f"task {task!r} trains an encoder-decoder (e.g. seq2seq-small); got "
-                              f"{type(model).__name__}")
-    if fsdp and not any(isinstance(m, nn.ModuleList) for m in model.modules()):
+    elif task in ("reverse", "copy"):
+        shapes = positional_shapes(model, 4) if family.kind == "seq2seq" else None
+        if shapes is None or len(shapes) != 2:
+            raise SlimformerError(f"task {task!r} trains an encoder-decoder taking (source, target) token tensors "
+                                  f"positionally (e.g. seq2seq-small); got {type(model).__name__}; --task random "
+                                  "trains any model")
+    if fsdp and not family.stacks(model):
         raise SlimformerError("FSDP shards per Transformer block; this model has no block list")
 
 
-def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """Wrap for DDP: all-reduce (average) gradients in buckets while the backward pass still runs."""
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+def unused_parameters(model: nn.Module, probe: Batch) -> list[str]:
+    """Parameters the loss does not reach (a BERT pooler beside the hidden states the loss reads), found
+    by one backward on the probe's first item. DDP must be told of them: it all-reduces a bucket when
+    all of its gradients are ready, and a bucket holding one that never comes is silently not averaged."""
+    item = probe.rows(0, 1)
+    was_training = model.training
+    model.eval()
+    loss(output_of(model, item.args, item.kwargs), item.target).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return unused
+
+
+def apply_ddp(model: nn.Module, device: torch.device, probe: Batch | None = None) -> nn.Module:
+    """Wrap for DDP: all-reduce (average) gradients in buckets while the backward pass still runs.
+    With a `probe` batch, parameters the loss does not reach are looked for and DDP told of them."""
+    find_unused = bool(probe is not None and unused_parameters(model, probe.to(device)))
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused)
 
 
 def apply_fsdp(model: nn.Module, device_type: str, world: int) -> nn.Module:
     """FSDP2: shard each Transformer block, then the rest (embeddings, head) as the root unit.
     Sharding per block lets a block's all-gather overlap the previous block's compute."""
     mesh = init_device_mesh(device_type, (world,))
-    for module in list(model.modules()):
-        if isinstance(module, nn.ModuleList):
-            for block in module:
-                fully_shard(block, mesh=mesh)
+    for stack in family_of(model, "FSDP").stacks(model).values():
+        for block in stack:
+            fully_shard(block, mesh=mesh)
     return fully_shard(model, mesh=mesh)
 
 
@@ -156,95 +196,16 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05) -> t
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
-def wrap(model: nn.Module, spec: dict[str, Any], worker) -> nn.Module:
+def wrap(model: nn.Module, spec: dict[str, Any], worker, probe: Batch | None = None) -> nn.Module:
+    """DDP or FSDP over all ranks (`probe`: a batch the model takes, see `apply_ddp`)."""
     if worker.world == 1:
         return model  # one process: the plain single-process trainer, nothing to synchronize
     if spec.get("fsdp"):
         return apply_fsdp(model, worker.device.type, worker.world)
-    return apply_ddp(model, worker.device)
+    return apply_ddp(model, worker.device, probe)
 
 
-def check_step(model: nn.Module, data, spec: dict[str, Any], worker, fsdp: bool) -> dict[str, float]:
-    """One SGD step of the wrapped model on this rank's shard vs one single-process step on the whole
-    global batch: the max |difference| of the updated weights."""
-    reference = copy.deepcopy(model)
-    parallel = wrap(model, {**spec, "fsdp": fsdp}, worker)
-    global_batch = spec["batch"] * worker.world
-    whole = data.shard(0, 0, global_batch, 0, 1, augment=False)
-    mine = data.shard(0, 0, global_batch, worker.rank, worker.world, augment=False)
-    for m, shard in ((parallel, mine), (reference, whole)):
-        m.train()
-        opt = torch.optim.SGD(m.parameters(), lr=0.1)  # update ∝ gradient: the comparison sees gradient errors
-        inputs = tuple(x.to(worker.device) for x in shard.inputs)
-        task_loss(m(*inputs), shard.target.to(worker.device))[0].backward()
-        opt.step()
-    unwrapped = parallel.module if isinstance(parallel, DistributedDataParallel) else parallel
-    diff, where = max_param_diff(unwrapped, reference)
-    return {"max_abs_diff_weights_after_step": diff, "worst_param": where}
 
-
-def run_job(spec: dict[str, Any], worker) -> dict[str, Any]:
-    """Train on the task; optionally first check one step against the single-process step."""
-    torch.manual_seed(spec.get("seed", 0))
-    resume = spec.get("resume")
-    model = io.load(resume or spec["model"]).to(worker.device)
-    data = make_data(spec["task"], model, spec.get("seed", 0), spec.get("seq_len", 12))
-    result: dict[str, Any] = {"job": "ddp", "mode": "fsdp" if spec.get("fsdp") else "ddp", "world": worker.world,
-                              "task": spec["task"], "batch_per_rank": spec["batch"],
-                              "global_batch": spec["batch"] * worker.world}
-    if spec.get("check"):
-        modes = spec.get("check_modes") or ["fsdp" if spec.get("fsdp") else "ddp"]
-        result["check"] = {mode: check_step(copy.deepcopy(model), data, spec, worker, mode == "fsdp")
-                           for mode in modes}
-        worker.progress()
-    if spec.get("steps", 0) > 0:
-        result.update(train(model, data, spec, worker))
-    return result
-
-
-def train(model: nn.Module, data, spec: dict[str, Any], worker) -> dict[str, Any]:
-    rank, world = worker.rank, worker.world
-    global_batch = spec["batch"] * world
-    total = spec["steps"]
-    template = copy.deepcopy(model) if rank == 0 else None  # plain module that checkpoints are written from
-    parallel = wrap(model, spec, worker)
-    optimizer = make_optimizer(parallel, spec.get("lr", 3e-3))
-    scheduler = cosine_schedule(optimizer, total, spec.get("warmup_frac", 0.05))
-    start = 0
-    if spec.get("resume"):
-        start = load_trainer_state(Path(spec["resume"]), parallel, optimizer, scheduler)
-    per_epoch = data.steps_per_epoch(global_batch)
-    parallel.train()
-    times, losses, correct, items = [], [], 0, 0
-    for step in range(start, total):
-        worker.progress(step)
-        t0 = time.perf_counter()
-        shard = data.shard(step // per_epoch, step % per_epoch, global_batch, rank, world,
-                           augment=spec.get("augment", True))
-        inputs, target = tuple(x.to(worker.device) for x in shard.inputs), shard.target.to(worker.device)
-        loss, n_correct, n_items = task_loss(parallel(*inputs), target)
-        worker.progress(step)  # after the forward, before the backward's collectives: a rank stuck in its
-        optimizer.zero_grad(set_to_none=True)  # own compute shows up here as the one that stopped first
-        loss.backward()
-        nn.utils.clip_grad_norm_(parallel.parameters(), spec.get("grad_clip", 1.0))
-        optimizer.step()
-        scheduler.step()
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-        correct, items = correct + n_correct, items + n_items
-        every = spec.get("checkpoint_every", 0)
-        if spec.get("out") and ((every and (step + 1) % every == 0) or step + 1 == total):
-            save_checkpoint(Path(spec["out"]), parallel, optimizer, scheduler, template, step + 1, spec, worker)
-    timed_steps = times[spec.get("warmup_steps", 2):] or times
-    local_rate = spec["batch"] * len(timed_steps) / max(sum(timed_steps), 1e-9)
-    rates: list = [local_rate] * world
-    if world > 1:
-        dist.all_gather_object(rates, local_rate)
-    return {"start_step": start, "end_step": total, "final_loss": losses[-1] if losses else None,
-            "train_accuracy": correct / max(items, 1),
-            "items_per_s": sum(rates), "timed_steps": len(timed_steps),
-            "step_ms_p50": 1000 * sorted(timed_steps)[len(timed_steps) // 2] if timed_steps else None,
-            "checkpoint": spec.get("out")}
 
 
 def save_checkpoint(out: Path, parallel: nn.Module, optimizer, scheduler, template: nn.Module | None, step: int,

@@ -41,7 +41,15 @@ SPEC = "spec.json"
 
 
 class JobFailed(SlimformerError):
-    """A launched job ended badly (a rank died, hung or raised); the message names the rank."""
+    """A launched job ended badly (a rank died, hung or raised); the message names the rank. `log` holds
+    the last lines the workers printed (a quiet launch kept them off stderr: the caller shows them)."""
+
+    def __init__(self, message: str, log: list[str] | None = None):
+        super().__init__(message)
+        self.log = log or []
+
+
+LOG_LINES = 40  # worker output kept with a failure
 
 
 @dataclass
@@ -196,11 +204,20 @@ def launch(job: str, spec: dict[str, Any], config: LaunchConfig) -> dict[str, An
             msg = f"parallel job {job!r} failed after {elapsed:.1f} s: {problem}"
             if cause and not problem.startswith(cause):
                 msg += f" ({cause})"
-            raise JobFailed(msg)
-        result_path = run_dir / RESULT
-        if not result_path.exists():
-            raise JobFailed(f"parallel job {job!r} ended without a result (see the worker log above)")
+            raise JobFailed(msg, lines[-LOG_LINES:])
+        return read_result(job, run_dir, lines)
+
+
+def read_result(job: str, run_dir: Path, lines: list[str]) -> dict[str, Any]:
+    """Global rank 0's result. On a node of a multi-node job that did not run rank 0 there is none: when
+    every rank here finished, the result is `{"job", "remote": True, "ranks"}` (it is on rank 0's node)."""
+    result_path = run_dir / RESULT
+    if result_path.exists():
         return json.loads(result_path.read_text())
+    beats = read_beats(run_dir)
+    if beats and 0 not in beats and all(b.get("done") for b in beats.values()):
+        return {"job": job, "remote": True, "ranks": sorted(beats)}
+    raise JobFailed(f"parallel job {job!r} ended without a result (see the worker log)", lines[-LOG_LINES:])
 
 
 def watch(proc: subprocess.Popen, run_dir: Path, config: LaunchConfig, start: float,

@@ -31,8 +31,6 @@ from .launch import RESULT, SPEC, heartbeat_path
 
 log = logging.getLogger(__name__)
 
-JOBS = {"ddp": "data", "tp": "tensor", "pp": "pipeline"}
-
 
 class Worker:
     """This rank's view of the job: rank, world size, device, and the heartbeat it keeps."""
@@ -101,8 +99,8 @@ def run_spec(spec: dict[str, Any], worker: Worker) -> dict[str, Any]:
     """Run one job, or with `job: multi` several in one launch (start-up is the slow part of a test)."""
     if spec["job"] == "multi":
         return {"job": "multi", "results": [run_spec(sub, worker) for sub in spec["jobs"]]}
-    job = importlib.import_module(f"{__package__}.{JOBS[spec['job']]}")
-    return job.run_job(spec, worker)
+    jobs = importlib.import_module(f"{__package__}.jobs")  # on use: torch.distributed pieces import slowly
+    return jobs.JOBS[spec["job"]](spec, worker)
 
 
 @record
