@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import signal
 import socket
@@ -236,6 +237,54 @@ def test_killed_worker_is_restarted_and_no_request_is_lost(server):
     after = httpx.get(f"{base}/info", timeout=10).json()
     assert after["restarts"] == before["restarts"] + 1 and after["workers"][1]["pid"] != victim
     assert post(base, "/v1/embeddings", {"input": "answers again"}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "slimformer", "serve", "vit-tiny", "--port", str(port), "--workers",
+                             "1", "--threads", "1", "--max-inputs", str(MAX_INPUTS)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, proc, 120)
+        yield base
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+
+
+def test_classify_answers_top_k_of_the_model_and_refuses_bad_images(image_server):
+    from slimformer import io
+
+    base = image_server
+    info = httpx.get(f"{base}/info", timeout=10).json()
+    assert info["kind"] == "image-classifier"
+    shape = info["input_shape"]
+    images = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)  # the workers build the random-init built-in the same way
+    with torch.inference_mode():
+        probs = torch.softmax(io.load("vit-tiny")(images), -1)
+    r = post(base, "/v1/classify", {"input": images.tolist(), "top_k": 3})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["index"] for d in data] == [0, 1, 2]
+    for d, p in zip(data, probs, strict=True):
+        top = torch.topk(p, 3)
+        assert [x["index"] for x in d["labels"]] == top.indices.tolist()
+        np.testing.assert_allclose([x["score"] for x in d["labels"]], top.values.numpy(), atol=1e-5)
+    one = post(base, "/v1/classify", {"input": images[0].tolist()}).json()["data"]
+    assert len(one) == 1 and len(one[0]["labels"]) == min(5, len(info["labels"]))
+    assert_error(post(base, "/v1/classify", {"input": [[1.0, 2.0]]}), 422, "input", "has shape [1, 2]")
+    assert_error(post(base, "/v1/classify", {"input": [["a"]]}), 422, "input", "numeric array")
+    nan = json.dumps({"input": images[0].tolist()}).replace(str(images[0, 0, 0, 0].item()), "NaN", 1)
+    r = httpx.post(f"{base}/v1/classify", content=nan, headers={"content-type": "application/json"}, timeout=30)
+    assert_error(r, 422, "input", "NaN/Inf")  # guard.check_images
+    assert_error(post(base, "/v1/classify", {"input": [[[[1.0] * 3] * 3]]}), 422, "input", "resize them first")
+    assert_error(post(base, "/v1/classify", {"input": images[0].tolist(), "top_k": 0}), 422, "top_k", "[1, ")
+    many = torch.zeros(MAX_INPUTS + 1, *shape).tolist()
+    assert_error(post(base, "/v1/classify", {"input": many}), 413, "input", f"at most {MAX_INPUTS}")
+    assert_error(post(base, "/v1/embeddings", {"input": "x"}), 404, None, "Not Found")  # routes follow the kind
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(server):
