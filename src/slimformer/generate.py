@@ -1,22 +1,33 @@
-"""Autoregressive generation for `Seq2Seq`: greedy and beam search over the decoder's KV cache.
+"""Autoregressive generation for `Seq2Seq` (and a lone `Decoder`): greedy and beam search.
 
 Every function takes a padded source batch and returns plain token lists (no BOS, no EOS, no pad), so
 batched and one-at-a-time calls are directly comparable.
 
-The cache (`Seq2Seq.decode(..., cache)`) holds each layer's self-attention keys/values and the
-cross-attention keys/values of the encoder memory, so one step feeds one token per row and costs
-O(time). `greedy(..., use_cache=False)` re-runs the whole prefix every step: the reference that the
-cached path must match token for token, and the baseline for the speed-up. Rows that are done are
-dropped from the batch with `LayerCache.select`, the same call beam search uses to reorder beams.
+Three ways to run the decoder, one loop for each search (`_Decoding` below):
+- no cache (`use_cache=False`): the whole prefix every step, O(time^2) work; the reference that the
+  cached paths must match token for token, and the baseline for the speed-up.
+- growing cache (default): each layer's self-attention keys/values grow by `torch.cat` every step,
+  the cross-attention keys/values of the encoder memory are computed once; rows that are done are
+  dropped from the batch with `LayerCache.select`, the same call beam search uses to reorder beams.
+- static cache (`static=True`, gpt-fast style): keys/values preallocated for every position and
+  written in place at the step's position; the memory is padded to the model's full length, and
+  finished rows keep running (masked, their tokens ignored) instead of being dropped, so every step
+  has the same shapes. That is what lets `compiled=True` compile the decode step once
+  (`torch.compile(fullgraph=True, dynamic=False)`): one graph per batch size, none as the sequence
+  grows (`compiled_graphs` counts them).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from .errors import SlimformerError
+from .models.attention import masked_value
 from .models.blocks import LayerCache
+from .models.decoder import Decoder
 from .models.seq2seq import Seq2Seq
 
 
@@ -35,118 +46,271 @@ def _check(model: Seq2Seq, src: Tensor, max_new_tokens: int | None) -> int:
     return max_new_tokens
 
 
-def _select(cache: list[LayerCache], index: Tensor) -> list[LayerCache]:
-    return [layer.select(index) for layer in cache]
+Decode = Callable[..., Tensor]
+
+
+def decode_step(decoder: Decoder, tokens: Tensor, pos: Tensor, cache: list[LayerCache],
+                memory_bias: Tensor | None) -> Tensor:
+    """One step on a static cache: `tokens` `[batch, 1]` at position `pos` `[1]` -> last logits
+    `[batch, vocab]` (fp32). The function that `compiled=True` compiles."""
+    logits, _ = decoder(tokens, None, memory_bias, cache, pos)
+    return logits[:, -1].float()
+
+
+_COMPILED: dict[object, Decode] = {}
+
+
+def compiled_step(backend: str | Callable = "inductor") -> Decode:
+    """`decode_step` compiled once per backend: full graph, static shapes (a new batch size or cache
+    length is a new graph, a new position is not). Inductor freezes the weights (constants it may
+    fold and prepack), which needs the no-grad mode generation runs in."""
+    if backend not in _COMPILED:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        options = {"freezing": True} if backend == "inductor" else None
+        _COMPILED[backend] = torch.compile(decode_step, fullgraph=True, dynamic=False, backend=backend,
+                                           options=options)
+    return _COMPILED[backend]
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (all functions): a decode that adds one per
+    batch size, and none per step, compiled once."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def _pad_memory(memory: Tensor, bias: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """Pad the encoder memory `[batch, source, d]` and its bias to `length` positions, the extra keys
+    masked: cross-attention then has one shape whatever the source length (same result)."""
+    extra = length - memory.shape[1]
+    if extra <= 0:
+        return memory, bias
+    memory = torch.cat([memory, memory.new_zeros(memory.shape[0], extra, memory.shape[2])], dim=1)
+    pad = bias.new_full((*bias.shape[:-1], extra), masked_value(bias.dtype))
+    return memory, torch.cat([bias, pad], dim=-1)
+
+
+class _Decoding:
+    """Decoder state for a batch of rows: `step(tokens [rows, 1]) -> logits [rows, vocab]` of the last
+    position, `keep(index)` reorders (beam search) or, unless `static`, subsets the rows."""
+
+    static = False
+
+    def __init__(self, model: Seq2Seq, memory: Tensor, memory_bias: Tensor):
+        self.model, self.memory, self.memory_bias = model, memory, memory_bias
+
+    def keep(self, index: Tensor) -> None:
+        self.memory, self.memory_bias = self.memory[index], self.memory_bias[index]
+
+
+class _NoCache(_Decoding):
+    def __init__(self, model: Seq2Seq, memory: Tensor, memory_bias: Tensor):
+        super().__init__(model, memory, memory_bias)
+        self.prefix = torch.zeros(memory.shape[0], 0, dtype=torch.long, device=memory.device)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self.prefix = torch.cat([self.prefix, tokens], dim=1)
+        return self.model.decode(self.prefix, self.memory, self.memory_bias)[0][:, -1]
+
+    def keep(self, index: Tensor) -> None:
+        super().keep(index)
+        self.prefix = self.prefix[index]
+
+
+class _GrowingCache(_Decoding):
+    cache: list[LayerCache] | None = None
+
+    def step(self, tokens: Tensor) -> Tensor:
+        logits, self.cache = self.model.decode(tokens, self.memory, self.memory_bias, self.cache)
+        return logits[:, -1]
+
+    def keep(self, index: Tensor) -> None:
+        super().keep(index)
+        self.cache = [layer.select(index) for layer in self.cache]
+
+
+class _StaticCache(_Decoding):
+    static = True
+
+    def __init__(self, model: Seq2Seq, memory: Tensor, memory_bias: Tensor, fn: Decode):
+        length = model.config.max_len
+        memory, memory_bias = _pad_memory(memory, memory_bias, length)
+        super().__init__(model, memory, memory_bias)
+        self.cache = model.decoder.static_cache(memory.shape[0], length, memory)
+        self.fn, self.pos = fn, 0
+
+    def step(self, tokens: Tensor) -> Tensor:
+        pos = torch.tensor([self.pos], device=tokens.device)  # a tensor: a new position is no new graph
+        self.pos += 1
+        return self.fn(self.model.decoder, tokens, pos, self.cache, self.memory_bias)
+
+    def keep(self, index: Tensor) -> None:
+        self.memory_bias = self.memory_bias[index]
+        self.cache = [layer.select(index) for layer in self.cache]
+
+
+def _start(model: Seq2Seq, src: Tensor, src_mask: Tensor | None, expand: int, use_cache: bool, static: bool,
+           compiled: bool | str | Callable) -> _Decoding:
+    """Encode the source (each row repeated `expand` times, for beams) and set up the decoder state."""
+    if compiled and not static:
+        raise SlimformerError("compiled=True needs static=True: only a static cache has fixed shapes")
+    if static and not use_cache:
+        raise SlimformerError("static=True is a cache: it cannot be combined with use_cache=False")
+    memory, memory_bias = model.encode(src, src_mask)
+    if expand > 1:
+        rows = torch.arange(src.shape[0], device=src.device).repeat_interleave(expand)
+        memory, memory_bias = memory[rows], memory_bias[rows]
+    if static:
+        fn = compiled_step("inductor" if compiled is True else compiled) if compiled else decode_step
+        return _StaticCache(model, memory, memory_bias, fn)
+    return (_GrowingCache if use_cache else _NoCache)(model, memory, memory_bias)
 
 
 @torch.inference_mode()
 def greedy(model: Seq2Seq, src: Tensor, max_new_tokens: int | None = None, use_cache: bool = True,
-           src_mask: Tensor | None = None) -> list[list[int]]:
+           src_mask: Tensor | None = None, static: bool = False,
+           compiled: bool | str | Callable = False) -> list[list[int]]:
     """Greedy decoding of a padded source batch `[batch, source]` -> one token list per row.
 
-    use_cache=False recomputes the full prefix each step (same result, O(time^2) work).
+    use_cache=False recomputes the full prefix each step (same result, O(time^2) work). static=True
+    decodes on a preallocated cache, finished rows masked; compiled=True (or a torch.compile backend)
+    runs its step compiled. All give the same tokens (fp32).
     """
     steps = _check(model, src, max_new_tokens)
     c = model.config
-    memory, memory_bias = model.encode(src, src_mask)
+    state = _start(model, src, src_mask, 1, use_cache, static, compiled)
     batch = src.shape[0]
     out: list[list[int]] = [[] for _ in range(batch)]
-    rows = torch.arange(batch)  # original row of each live row
-    prefix = torch.full((batch, 1), c.bos_id, dtype=torch.long, device=src.device)
-    cache: list[LayerCache] | None = None
+    rows = list(range(batch))  # original row of each state row
+    live = torch.ones(batch, dtype=torch.bool, device=src.device)
+    tokens = torch.full((batch, 1), c.bos_id, dtype=torch.long, device=src.device)
     for _ in range(steps):
-        if use_cache:
-            logits, cache = model.decode(prefix[:, -1:], memory, memory_bias, cache)
-        else:
-            logits, _ = model.decode(prefix, memory, memory_bias)
-        token = logits[:, -1].argmax(-1)
+        token = state.step(tokens).argmax(-1)
+        if state.static:  # a finished row keeps its place in the batch; what it computes is ignored
+            token = token.masked_fill_(~live, c.eos_id)
         done = token == c.eos_id
-        for r, t, d in zip(rows.tolist(), token.tolist(), done.tolist(), strict=True):
+        for r, t, d in zip(rows, token.tolist(), done.tolist(), strict=True):
             if not d:
                 out[r].append(t)
-        if bool(done.all()):
+        live &= ~done
+        if not bool(live.any()):
             break
-        if bool(done.any()):  # drop finished rows so later steps only pay for live ones
+        if not state.static and bool(done.any()):  # drop finished rows: later steps pay for live ones only
             keep = (~done).nonzero().squeeze(1)
-            rows, token, prefix = rows[keep], token[keep], prefix[keep]
-            memory, memory_bias = memory[keep], memory_bias[keep]
-            if cache is not None:
-                cache = _select(cache, keep)
-        prefix = torch.cat([prefix, token[:, None]], dim=1)
+            rows, token, live = [rows[i] for i in keep.tolist()], token[keep], live[keep]
+            state.keep(keep)
+        tokens = token[:, None]
     return out
 
 
 @torch.inference_mode()
 def beam_search(model: Seq2Seq, src: Tensor, beam: int = 4, max_new_tokens: int | None = None,
-                length_penalty: float = 1.0, src_mask: Tensor | None = None) -> list[list[int]]:
+                length_penalty: float = 1.0, src_mask: Tensor | None = None, static: bool = False,
+                compiled: bool | str | Callable = False) -> list[list[int]]:
     """Beam search of a padded source batch `[batch, source]` -> the best token list per row.
 
     Hypotheses are ranked by log-probability / length**length_penalty. Each step keeps, per sentence,
     the `beam` best continuations that do not end; those that end go to the finished list, and a
     sentence stops when it has `beam` finished ones (or at the length limit). With beam=1 this is
-    exactly greedy decoding.
+    exactly greedy decoding. static / compiled as in `greedy`: a sentence that stops keeps its rows
+    (dead beams) instead of leaving the batch.
     """
     if not 1 <= beam <= 64:
         raise SlimformerError(f"beam must be in 1..64, got {beam}")
     steps = _check(model, src, max_new_tokens)
     c = model.config
-    memory, memory_bias = model.encode(src, src_mask)
     batch, k = src.shape[0], beam
-    # Row b*k + j holds beam j of sentence b; the sentences still searching shrink as they finish.
-    expand = torch.arange(batch, device=src.device).repeat_interleave(k)
-    memory, memory_bias = memory[expand], memory_bias[expand]
-    live = list(range(batch))  # sentence ids still searching, in row-block order
+    state = _start(model, src, src_mask, k, True, static, compiled)
+    # Row b*k + j of block b holds beam j of sentence blocks[b]; growing caches drop stopped blocks.
+    blocks = list(range(batch))
+    live = set(blocks)
     scores = torch.zeros(batch, k, device=src.device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     tokens = torch.full((batch * k, 1), c.bos_id, dtype=torch.long, device=src.device)
     hyps: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(batch)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
-    cache: list[LayerCache] | None = None
 
     def norm(score: float, length: int) -> float:
         return score / max(length, 1) ** length_penalty
 
     for step in range(steps):
-        logits, cache = model.decode(tokens, memory, memory_bias, cache)
-        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # [live*k, vocab]
+        logp = torch.log_softmax(state.step(tokens).float(), dim=-1)  # [blocks*k, vocab]
         vocab = logp.shape[-1]
-        cand = (scores.reshape(-1, 1) + logp).reshape(len(live), k * vocab)
+        cand = (scores.reshape(-1, 1) + logp).reshape(len(blocks), k * vocab)
         top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=-1)  # 2k: room for k that do not end
         next_rows, next_tokens, next_scores, still = [], [], [], []
-        new_hyps = []
-        for i, b in enumerate(live):
-            kept: list[tuple[int, int, float]] = []
-            for rank, (s, idx) in enumerate(zip(top_scores[i].tolist(), top_idx[i].tolist(), strict=True)):
-                j, t = divmod(idx, vocab)
-                if t == c.eos_id:
-                    if rank < k and s > float("-inf"):  # an ending only counts among the k best
-                        finished[b].append((norm(s, len(hyps[b][j]) + 1), hyps[b][j]))
-                elif s > float("-inf"):
-                    kept.append((j, t, s))
-                if len(kept) == k:
-                    break
-            if len(finished[b]) >= k or not kept:
-                continue
-            if step == steps - 1:  # length limit: the live beams count as finished
+        for i, b in enumerate(blocks):
+            kept = _extend(b, top_scores[i].tolist(), top_idx[i].tolist(), k, vocab, c.eos_id, hyps, finished, norm) \
+                if b in live else []
+            if kept and step == steps - 1:  # length limit: the live beams count as finished
                 finished[b].extend((norm(s, len(hyps[b][j]) + 1), hyps[b][j] + [t]) for j, t, s in kept)
+                kept = []
+            if kept:
+                kept += [(kept[0][0], kept[0][1], float("-inf"))] * (k - len(kept))  # pad with dead beams
+                still.append(b)
+                hyps[b] = [hyps[b][j] + [t] for j, t, _ in kept]
+            elif state.static:  # stopped: its rows stay, running dead beams
+                kept = [(j, c.eos_id, float("-inf")) for j in range(k)]
+            else:
                 continue
-            kept += [(kept[0][0], kept[0][1], float("-inf"))] * (k - len(kept))  # pad with dead beams
-            still.append(b)
-            new_hyps.append([hyps[b][j] + [t] for j, t, _ in kept])
             next_rows += [i * k + j for j, _, _ in kept]
             next_tokens += [t for _, t, _ in kept]
             next_scores += [s for _, _, s in kept]
         if not still:
             break
-        for b, h in zip(still, new_hyps, strict=True):
-            hyps[b] = h
-        index = torch.tensor(next_rows, device=src.device)
-        cache = _select(cache, index)
-        memory, memory_bias = memory[index], memory_bias[index]
+        state.keep(torch.tensor(next_rows, device=src.device))
         tokens = torch.tensor(next_tokens, device=src.device)[:, None]
-        scores = torch.tensor(next_scores, device=src.device).reshape(len(still), k)
-        live = still
+        live = set(still)
+        blocks = blocks if state.static else still
+        scores = torch.tensor(next_scores, device=src.device).reshape(len(blocks), k)
     return [max(f, key=lambda x: x[0])[1] if f else [] for f in finished]
+
+
+def _extend(b: int, top_scores: list[float], top_idx: list[int], k: int, vocab: int, eos: int,
+            hyps: list[list[list[int]]], finished: list[list[tuple[float, list[int]]]],
+            norm: Callable[[float, int], float]) -> list[tuple[int, int, float]]:
+    """Sentence `b`'s step: endings among the k best candidates go to `finished[b]`; returns up to k
+    (beam, token, score) continuations that do not end, or none if the sentence has stopped."""
+    kept: list[tuple[int, int, float]] = []
+    for rank, (s, idx) in enumerate(zip(top_scores, top_idx, strict=True)):
+        j, t = divmod(idx, vocab)
+        if t == eos:
+            if rank < k and s > float("-inf"):  # an ending only counts among the k best
+                finished[b].append((norm(s, len(hyps[b][j]) + 1), hyps[b][j]))
+        elif s > float("-inf"):
+            kept.append((j, t, s))
+        if len(kept) == k:
+            break
+    return [] if len(finished[b]) >= k else kept
+
+
+@torch.inference_mode()
+def lm_greedy(decoder: Decoder, prompt: Tensor, new_tokens: int, static: bool = False,
+              compiled: bool | str | Callable = False) -> Tensor:
+    """Greedy continuation of equal-length prompts `[batch, prompt]` by a lone `Decoder` (a language
+    model, no end token): exactly `new_tokens` more each -> `[batch, new_tokens]`. The prompt is one
+    eager pass; with `static`, each new token is one (optionally compiled) `decode_step`."""
+    if prompt.ndim != 2 or prompt.numel() == 0:
+        raise SlimformerError(f"prompt must be a non-empty [batch, tokens] tensor, got shape {tuple(prompt.shape)}")
+    total = prompt.shape[1] + new_tokens
+    if new_tokens < 1 or total > decoder.config.max_len:
+        raise SlimformerError(f"new_tokens must be in 1..{decoder.config.max_len - prompt.shape[1]} for a "
+                              f"{prompt.shape[1]}-token prompt, got {new_tokens}")
+    if compiled and not static:
+        raise SlimformerError("compiled=True needs static=True: only a static cache has fixed shapes")
+    fn = (compiled_step("inductor" if compiled is True else compiled) if compiled else decode_step)
+    cache = decoder.static_cache(prompt.shape[0]) if static else None
+    pos = torch.arange(prompt.shape[1], device=prompt.device) if static else None
+    logits, grown = decoder(prompt, cache=cache, pos=pos)
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    out = [token]
+    for t in range(prompt.shape[1], total - 1):
+        if static:
+            token = fn(decoder, token, torch.tensor([t], device=prompt.device), cache, None).argmax(-1, keepdim=True)
+        else:
+            logits, grown = decoder(token, cache=grown)
+            token = logits[:, -1].argmax(-1, keepdim=True)
+        out.append(token)
+    return torch.cat(out, dim=1)
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> Tensor:

@@ -44,10 +44,16 @@ def causal_bias(n_queries: int, n_keys: int, device: torch.device | None = None,
     0 .. n_keys - n_queries + i.
     """
     offset = n_keys - n_queries
-    q_pos = torch.arange(n_queries, device=device)[:, None] + offset
-    k_pos = torch.arange(n_keys, device=device)[None, :]
-    bias = torch.zeros(n_queries, n_keys, dtype=dtype, device=device)
-    return bias.masked_fill_(k_pos > q_pos, masked_value(dtype))
+    return causal_bias_at(torch.arange(n_queries, device=device) + offset, n_keys, dtype)
+
+
+def causal_bias_at(pos: Tensor, n_keys: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Additive causal bias `[queries, keys]` for queries at positions `pos` `[queries]`: query i may
+    see keys 0 .. pos[i]. A static cache has keys for every position, written or not; this hides the
+    ones not written yet."""
+    k_pos = torch.arange(n_keys, device=pos.device)[None, :]
+    bias = torch.zeros(pos.shape[0], n_keys, dtype=dtype, device=pos.device)
+    return bias.masked_fill_(k_pos > pos[:, None], masked_value(dtype))
 
 
 # Longest key sequence for which compiled CPU attention takes the explicit matmul-softmax-matmul form
@@ -99,6 +105,31 @@ class KVCache:
         return self.k.shape[2]
 
 
+@dataclass
+class StaticKVCache(KVCache):
+    """A self-attention cache preallocated for every position, `[batch, heads, max_len, head_dim]`.
+
+    Each step writes its keys/values in place at its positions (gpt-fast's `input_pos`) instead of
+    growing by `torch.cat`: shapes never change, so a compiled decode step compiles once. Positions
+    not written yet are hidden by `causal_bias_at`, not by the shape.
+    """
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, max_len: int, head_dim: int, dtype: torch.dtype = torch.float32,
+              device: torch.device | None = None) -> StaticKVCache:
+        shape = (batch, heads, max_len, head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    def write(self, pos: Tensor, k: Tensor, v: Tensor) -> StaticKVCache:
+        """Store the new keys/values `[batch, heads, len(pos), head_dim]` at positions `pos`, in place."""
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
+        return self
+
+    def select(self, index: Tensor) -> StaticKVCache:
+        return StaticKVCache(self.k.index_select(0, index), self.v.index_select(0, index))
+
+
 class Attention(nn.Module):
     """Multi-head scaled dot-product attention; self- or cross-attention by what is passed as `context`.
 
@@ -135,12 +166,14 @@ class Attention(nn.Module):
         causal: bool = False,
         cache: KVCache | None = None,
         static_kv: bool = False,
+        pos: Tensor | None = None,
     ) -> tuple[Tensor, KVCache | None]:
         """Attend from `x` `[batch, queries, d_model]` to `context` (default: `x` itself).
 
         bias: additive, broadcastable to `[batch, heads, queries, keys]`.
         cache: past keys/values. With `static_kv` the cache *is* the keys/values (cross-attention)
-        and `context` is not projected again; otherwise the new keys/values are appended.
+        and `context` is not projected again; otherwise the new keys/values are appended, or written at
+        positions `pos` `[queries]` of a `StaticKVCache` (where causality then follows `pos`).
         Returns the output `[batch, queries, d_model]` and the cache to pass to the next step.
         """
         q = self.split_heads(self.q(x))
@@ -148,10 +181,13 @@ class Attention(nn.Module):
             kv = cache
         else:
             kv = self.project_kv(x if context is None else context)
-            if cache is not None:
+            if isinstance(cache, StaticKVCache):
+                kv = cache.write(pos, kv.k, kv.v)
+            elif cache is not None:
                 kv = cache.append(kv.k, kv.v)
         if causal:
-            cb = causal_bias(q.shape[2], kv.length, device=x.device, dtype=q.dtype)
+            cb = (causal_bias(q.shape[2], kv.length, device=x.device, dtype=q.dtype) if pos is None
+                  else causal_bias_at(pos, kv.length, q.dtype))
             bias = cb if bias is None else bias + cb
         if bias is not None and bias.dtype != q.dtype:
             bias = bias.to(q.dtype)

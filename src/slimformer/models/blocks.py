@@ -64,14 +64,16 @@ class DecoderBlock(nn.Module):
         memory_bias: Tensor | None = None,
         self_bias: Tensor | None = None,
         cache: LayerCache | None = None,
+        pos: Tensor | None = None,
     ) -> tuple[Tensor, LayerCache]:
         """x: `[batch, new_tokens, d_model]`, memory: `[batch, source_tokens, d_model]`.
 
         `cache` holds this layer's past self-attention keys/values and the cross-attention
-        keys/values of the memory; the returned cache includes the new tokens.
+        keys/values of the memory; the returned cache includes the new tokens. `pos` `[new_tokens]`:
+        their positions, needed with a static self-attention cache (they say where to write).
         """
         h, self_kv = self.self_attn(self.norm1(x), bias=self_bias, causal=True,
-                                    cache=cache.self_kv if cache else None)
+                                    cache=cache.self_kv if cache else None, pos=pos)
         x = x + self.drop(h)
         cross_kv = cache.cross_kv if cache else None
         if self.cross_attn is not None:

@@ -48,9 +48,10 @@ class Seq2Seq(nn.Module):
         return memory, padding_bias(src_mask, memory.dtype)
 
     def decode(self, tgt: Tensor, memory: Tensor | None, memory_bias: Tensor | None,
-               cache: list[LayerCache] | None = None) -> tuple[Tensor, list[LayerCache]]:
-        """tgt `[batch, new_tokens]` -> logits `[batch, new_tokens, vocab]` and the updated cache."""
-        return self.decoder(tgt, memory, memory_bias, cache)
+               cache: list[LayerCache] | None = None, pos: Tensor | None = None) -> tuple[Tensor, list[LayerCache]]:
+        """tgt `[batch, new_tokens]` -> logits `[batch, new_tokens, vocab]` and the updated cache.
+        `pos`: the new tokens' positions, required with a static cache (`Decoder.static_cache`)."""
+        return self.decoder(tgt, memory, memory_bias, cache, pos)
 
     def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Teacher forcing: logits `[batch, target, vocab]` for every target position at once."""
