@@ -304,9 +304,10 @@ class Server:
             return
         if self.config.restart and self._started and not self.error:
             log.warning("%s; restarting it (%d request(s) it held answered as lost)", reason, len(lost))
+            replacement = self._spawn(slot.rank)  # outside the lock: submit never waits for a process start
             with self._cond:
                 self.counts["restarts"] += 1
-                self.slots[slot.rank] = self._spawn(slot.rank)
+                self.slots[slot.rank] = replacement
             return
         with self._cond:
             if self.error is None:

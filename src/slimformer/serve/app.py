@@ -29,7 +29,7 @@ from torch import nn
 from .. import io
 from ..errors import SlimformerError
 from ..parallel.launch import JobFailed
-from ..parallel.serve import Failed, Lost, Refused, ServeConfig, Server
+from ..parallel.serve import Lost, Refused, ServeConfig, Server
 from .http import HTTPError
 from .images import ImageClassifier
 from .kinds import Kind, Limits
@@ -108,13 +108,14 @@ class Service:
         except JobFailed as e:
             raise HTTPError(503, str(e)) from None
         self.metrics.inputs.labels(route).inc(len(items))
-        try:
-            return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
-        except Lost as e:
-            raise HTTPError(503, f"worker lost while answering this request ({e}); it is being restarted, "
-                                 "retry", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-        except Failed as e:
-            raise HTTPError(500, f"the model failed on this batch: {e}") from None
+        outputs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
+        for e in outputs:  # every future is awaited, so no failure goes unretrieved
+            if isinstance(e, Lost):
+                raise HTTPError(503, f"worker lost while answering this request ({e}); it is being restarted, "
+                                     "retry", headers={"Retry-After": str(RETRY_AFTER_S)})
+            if isinstance(e, BaseException):
+                raise HTTPError(500, f"the model failed on this batch: {e}")
+        return list(outputs)
 
     async def answer(self, route: str, request: Request,
                      handler: Callable[[Service, Request], Awaitable[Response]]) -> Response:
@@ -124,6 +125,9 @@ class Service:
             response = await handler(self, request)
         except HTTPError as e:
             response = e.response()
+        except Exception as e:  # a bug, not the client's fault: still the JSON contract, and logged
+            log.exception("%s failed", route)
+            response = HTTPError(500, f"internal error: {type(e).__name__}: {e}").response()
         self.metrics.requests.labels(route, str(response.status_code)).inc()
         self.metrics.latency.labels(route).observe(time.perf_counter() - t)
         return response

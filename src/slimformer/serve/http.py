@@ -43,7 +43,7 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
         chunks.append(chunk)
     try:
         body = json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; nesting too deep
         raise HTTPError(422, f"request body is not valid JSON: {e}", "body") from None
     if not isinstance(body, dict):
         raise HTTPError(422, f"request body must be a JSON object, got {type(body).__name__}", "body")
