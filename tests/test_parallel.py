@@ -116,3 +116,35 @@ def test_hung_rank_is_named_and_job_ends(tmp_path):
     assert run.returncode != 0
     assert "rank 1 hung" in run.stderr, run.stderr
     assert time.time() - float(mark.read_text()) <= 30
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_both_exit_zero():
+    """torchrun multi-node as users run it: two launchers (one rank each) meet at a c10d rendezvous on
+    127.0.0.1. The rendezvous, not --node-rank, decides which node runs global rank 0: that node prints
+    the result, the other exits 0 saying where the result is."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "slimformer", "parallel", "ddp", "--nproc", "1", "vit-tiny", "--task", "digits",
+           "--batch", "4", "--steps", "2", "--nnodes", "2", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"loopback-{port}"]
+    nodes = [subprocess.Popen([*cmd, "--node-rank", str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    try:
+        outs = [n.communicate(timeout=150) for n in nodes]
+    finally:
+        for n in nodes:
+            if n.poll() is None:
+                n.kill()
+    for n, (out, err) in zip(nodes, outs, strict=True):
+        assert n.returncode == 0, (out, err)
+    stdout = [" ".join(out.split()) for out, _ in outs]  # the console wraps long lines
+    assert sum("ddp x2: steps 0..2" in out for out in stdout) == 1, stdout
+    assert sum("the result is reported (and written) on the node that ran global rank 0" in out
+               for out in stdout) == 1, stdout

@@ -72,7 +72,7 @@ def test_serve_exact_bounded_and_names_dead_worker():
     (["pp", "--nproc", "2", "vit-tiny", "--batch", "6", "--microbatches", "4"], "batch 6 must be divisible"),
     (["pp", "--nproc", "2", "seq2seq-small"], "two stacks"),
     (["tp", "--nproc", "3", "encoder-small"], "number of heads 4 must be divisible by the tensor-parallel degree 3"),
-    (["tp", "--nproc", "2", "minilm"], "parallel plans exist for the reference"),
+    (["tp", "--nproc", "5", "minilm"], "number of heads 12 must be divisible by the tensor-parallel degree 5"),
     (["ddp", "--nproc", "2", "encoder-small"], "the digits task trains a ViT"),
     (["ddp", "--nproc", "2", "vit-tiny", "--batch", "1000"], "exceeds the 1437 digits training images"),
     (["ddp", "--nproc", "2", "vit-tiny", "--bogus", "1"], "unknown option '--bogus'"),

@@ -112,11 +112,14 @@ class Family:
                 raise SlimformerError(
                     f"{what}: {site.name} adds a per-head table ({site.tables[0].name}) shared across layers; "
                     "tensor parallel splits heads only where attention has no per-head tables")
-            if site.n_heads % degree or site.kv_heads % degree:
+            if site.n_heads % degree:
+                raise SlimformerError(f"{what}: {site.name}: number of heads {site.n_heads} must be divisible by "
+                                      f"the tensor-parallel degree {degree} (each rank owns whole heads)")
+            if site.kv_heads % degree:
                 raise SlimformerError(
-                    f"{what}: {site.name} has {site.n_heads} query heads and {site.kv_heads} key/value heads; "
-                    f"both must be divisible by the tensor-parallel degree {degree} (each rank owns whole heads "
-                    "and the key/value heads they read)")
+                    f"{what}: {site.name}: number of key/value heads {site.kv_heads} (shared by {site.n_heads} "
+                    f"query heads) must be divisible by the tensor-parallel degree {degree} (each rank owns the "
+                    "key/value heads its query heads read)")
             plan.update({s.name: "colwise" for s in site.projections})
             plan[site.o.name] = "rowwise"
         for site in self.ffn_sites(model):
@@ -138,8 +141,8 @@ class Family:
     def stage_refusal(self, model: nn.Module) -> str:
         """Why `stage_parts` is None for this model (for the pipeline-parallel refusal)."""
         if self.kind in ("seq2seq", "speech"):
-            return (f"{type(model).__name__} has an encoder and a decoder stack (every decoder stage needs the "
-                    "encoder memory); use `slimformer parallel ddp` or tp for it")
+            return (f"{type(model).__name__} has two stacks, an encoder and a decoder (every decoder stage needs "
+                    "the encoder memory); use `slimformer parallel ddp` or tp for it")
         return (f"{type(model).__name__} ({self.name} layout) has no pipeline split yet; pipeline parallel runs "
                 "the reference ViT, Encoder and Decoder, Hugging Face Llama-style decoders (base or causal LM) "
                 "and BERT-style base encoders")

@@ -139,8 +139,8 @@ def validate_ddp(model: nn.Module, task: str, nproc: int, batch: int, fsdp: bool
             with torch.no_grad():
                 classes = output_of(model.eval(), (torch.zeros(1, 1, 16, 16),)).shape[-1]
         if classes != 10:
-            raise SlimformerError("the digits task trains an image model taking 16x16x1 images positionally with "
-                                  f"10 classes (e.g. vit-tiny or a digits model dir); got {type(model).__name__}; "
+            raise SlimformerError("the digits task trains a ViT taking 16x16x1 images positionally, 10 classes "
+                                  f"(e.g. vit-tiny or a digits model dir); got {type(model).__name__}; "
                                   "--task random trains any model")
         n = 1437  # digits training split
         if batch * nproc > n:
