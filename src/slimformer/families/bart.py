@@ -32,5 +32,11 @@ class Bart(HFFamily):
     def ffn_site(self, name: str, m: nn.Module) -> FFNSite | None:
         return layer_ffn(name, m)
 
+    def protected_tokens(self, model: nn.Module) -> int:
+        return 1  # the first source token (<s>); the last real one (</s>) is protected by the patch, per row
+
+    def token_reduction_refusal(self, model: nn.Module) -> str | None:
+        return None  # the encoder merges; the decoder attends to the merged memory with the token sizes
+
 
 FAMILY = Bart()

@@ -23,5 +23,11 @@ class DistilBert(HFFamily):
     def ffn_site(self, name: str, m: nn.Module) -> FFNSite | None:
         return ffn(name, m, "lin1", "lin2")
 
+    def protected_tokens(self, model: nn.Module) -> int:
+        return 1  # [CLS]; [SEP] (the last real token) is protected by the patch, per row
+
+    def token_reduction_refusal(self, model: nn.Module) -> str | None:
+        return None
+
 
 FAMILY = DistilBert()

@@ -43,5 +43,11 @@ class T5(HFFamily):
             return FFNSite(name, slot(m, "wi", name), slot(m, "wo", name))
         return None
 
+    def protected_tokens(self, model: nn.Module) -> int:
+        return 1  # the first source token; the last real one (</s>) is protected by the patch, per row
+
+    def token_reduction_refusal(self, model: nn.Module) -> str | None:
+        return None  # merged tokens keep their mean position for the relative position bias
+
 
 FAMILY = T5()

@@ -26,5 +26,8 @@ class Whisper(SpeechFamily):
     def ffn_site(self, name: str, m: nn.Module) -> FFNSite | None:
         return layer_ffn(name, m)
 
+    def token_reduction_refusal(self, model: nn.Module) -> str | None:
+        return None  # audio frames merge in the encoder (none protected, frame order kept)
+
 
 FAMILY = Whisper()
