@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = SearchConfig(model=model, task=task, max_drop=args.max_drop, out=work, batch=batch,
                        threads=args.threads, baselines=["ort", "torchao"], budget_s=args.budget)
     if args.skip:
-        from slimformer.compress.registry import all_steps
+        from slimformer.compress.steps import all_steps
 
         cfg.steps = sorted(set(all_steps()) - {s.strip() for s in args.skip.split(",")})
     if args.tiny:

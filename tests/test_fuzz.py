@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from slimformer import io
 from slimformer.cli import app, main
 from slimformer.compress.recipe import parse_recipe
-from slimformer.compress.registry import all_steps
+from slimformer.compress.steps import all_steps
 from slimformer.errors import SlimformerError
 from slimformer.models import build_builtin, build_model
 
@@ -529,6 +529,8 @@ def test_cli_subprocess(cli_workdir):
     @given(argv=argvs())
     def collect(argv):
         broken_model = any(a in ("corrupt", "pickled", "nodir", ".good.x.partial") for a in argv)
+        if any("\x00" in a for a in argv):  # an OS argv cannot carry NUL (the in-process fuzz covers it)
+            return
         if argv[0] not in RUNNABLE or broken_model:
             examples.append(argv)
 

@@ -13,7 +13,8 @@ from slimformer import io
 from slimformer.cli import main
 from slimformer.compress.lowrank import LowRankLinear
 from slimformer.compress.recipe import parse_recipe
-from slimformer.compress.registry import STEPS, Step, all_steps
+from slimformer.compress.registry import STEPS, Step
+from slimformer.compress.steps import all_steps
 from slimformer.errors import SlimformerError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,7 @@ import json
 import yaml
 
 from slimformer.compress.recipe import parse_recipe
-from slimformer.compress.registry import all_steps
+from slimformer.compress.steps import all_steps
 from slimformer.search import Candidate, SearchConfig, beam_front, family_grid, join, midpoint
 
 

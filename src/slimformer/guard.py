@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,19 +125,19 @@ def file_elements(path: Path) -> int:
         raise SlimformerError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from e
 
 
-def check_model_config(meta: dict[str, Any], weights: Path, where: str) -> None:
+def check_model_config(meta: dict[str, Any], weights: Path, where: str,
+                       build: Callable[[dict[str, Any]], nn.Module]) -> None:
     """Before a model dir's skeleton is allocated: its config must be well typed, build (on the `meta`
     device, which allocates nothing), fit in memory, and roughly agree with the size of the weights file.
 
     This is what keeps a hostile or corrupted `slimformer.json` (`d_model: 10**7`) from allocating
-    terabytes or hanging in weight init before the shape check would have refused it.
+    terabytes or hanging in weight init before the shape check would have refused it. `build` makes the
+    skeleton from `meta` (io's builder, passed in so this module needs nothing of io).
     """
-    from .io import build_from_meta
-
     check_config_values(meta["architecture"], meta["config"], where)
     try:
         with torch.device("meta"):
-            skeleton = build_from_meta({**meta, "recipe": []})
+            skeleton = build({**meta, "recipe": []})
     except SlimformerError:
         raise
     except Exception as e:  # untrusted config: any failure to build is the file's fault, say which
@@ -144,7 +145,7 @@ def check_model_config(meta: dict[str, Any], weights: Path, where: str) -> None:
                               f"{(str(e).splitlines() or [''])[0]})") from e
     try:  # the recipe's structure too (a lowrank rank of 10**9 is big), where its restore works on `meta`
         with torch.device("meta"):
-            skeleton = build_from_meta(meta)
+            skeleton = build(meta)
     except Exception:  # noqa: S110 - the real build reports it; this is only a size estimate
         pass
     elements, size = tensor_bytes(skeleton)

@@ -185,7 +185,7 @@ def load_state_checked(model: nn.Module, tensors: dict[str, torch.Tensor], sourc
 
 def build_from_meta(meta: dict[str, Any]) -> nn.Module:
     """The model skeleton described by `meta`, with every recipe step's structure replayed."""
-    from .compress.registry import restore_recipe
+    from .compress.recipe import restore_recipe
 
     if meta["architecture"] == "hf":
         model = hf_models.build_hf(meta["config"])
@@ -199,7 +199,7 @@ def load_model_dir(path: str | Path) -> nn.Module:
     path = Path(path)
     meta = read_meta(path)
     verify_checksum(path / WEIGHTS, meta.get("sha256"))  # damage is named as such before anything parses it
-    guard.check_model_config(meta, path / WEIGHTS, str(path / META))  # before allocating anything
+    guard.check_model_config(meta, path / WEIGHTS, str(path / META), build_from_meta)  # before allocating anything
     try:
         model = build_from_meta(meta)
     except SlimformerError:

@@ -50,7 +50,7 @@ from .api import compress_model, recipe_of
 from .bench.inputs import example_inputs
 from .bench.timing import interleaved, measure
 from .compress.recipe import parse_recipe
-from .compress.registry import all_steps
+from .compress.steps import all_steps
 from .errors import SlimformerError
 from .families import family_of
 from .tasks import TASKS, get_task

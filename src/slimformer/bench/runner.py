@@ -55,7 +55,7 @@ def slug(text: str) -> str:
 
 def recipe_dtype(record: list[dict]) -> str:
     """The precision a recipe leaves the weights in: the name of its low-precision step, else fp32."""
-    from ..compress.registry import get_step
+    from ..compress.steps import get_step
 
     for entry in record:
         if get_step(entry["step"]).makes_low_precision:

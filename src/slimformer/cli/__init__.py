@@ -13,18 +13,9 @@ import typer
 
 from ..errors import SlimformerError
 
-app = typer.Typer(
-    name="slimformer",
-    help="Make Transformer models smaller and faster, and prove it with honest measurements.\n\n"
-         "Example: slimformer demo",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode="rich",
-)
-
 # Command modules register themselves on `app` when imported.
 from . import compress, core, measure, parallel, serve, transcribe, translate  # noqa: E402,F401
+from .app import app
 
 
 def main(argv: list[str] | None = None) -> None:

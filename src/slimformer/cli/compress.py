@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from . import app
+from .app import app
 
 console = Console()
 

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-from . import app
+from .app import app
 
 console = Console()
 parallel_app = typer.Typer(help="Parallel serving and data / tensor / pipeline parallel runs on torch.distributed.\n\n"

@@ -23,7 +23,8 @@ import yaml
 from torch import nn
 
 from ..errors import SlimformerError
-from .registry import Step, StepContext, all_steps, get_step
+from .registry import Step, StepContext
+from .steps import all_steps, get_step
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines; anything bigger is a mistake or an attack
 # Error messages quote user values through this: a YAML alias bomb must not expand into a 10 GB message.
@@ -249,3 +250,15 @@ def describe_steps() -> list[tuple[str, str, str]]:
                          if f.default is not dataclasses.MISSING)
         rows.append((name, opts, step.summary))
     return rows
+
+
+def restore_recipe(model: nn.Module, recipe: list[dict]) -> nn.Module:
+    """Replay the structure of each applied step on a freshly built model (no data needed)."""
+    for i, entry in enumerate(recipe):
+        if not isinstance(entry, dict) or "step" not in entry:
+            raise SlimformerError(f"recipe entry {i} in slimformer.json is not {{'step': ..., 'options': ...}}")
+        step = get_step(entry["step"])
+        options = options_from_dict(step, entry.get("options") or {})
+        if step.restore is not None:
+            model = step.restore(model, options, entry.get("state") or {})
+    return model

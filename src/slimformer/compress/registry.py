@@ -15,8 +15,6 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import SlimformerError
-
 
 @dataclass
 class StepContext:
@@ -55,34 +53,3 @@ def register(step: Step) -> Step:
         raise ValueError(f"step {step.name!r} registered twice")
     STEPS[step.name] = step
     return step
-
-
-def get_step(name: str) -> Step:
-    _load_builtin_steps()
-    if name not in STEPS:
-        raise SlimformerError(f"unknown step {name!r}; valid steps: {', '.join(sorted(STEPS))}")
-    return STEPS[name]
-
-
-def all_steps() -> dict[str, Step]:
-    _load_builtin_steps()
-    return dict(STEPS)
-
-
-def _load_builtin_steps() -> None:
-    """Import the modules that register the built-in steps (lazily: they pull in heavy libraries)."""
-    from . import steps  # noqa: F401
-
-
-def restore_recipe(model: nn.Module, recipe: list[dict]) -> nn.Module:
-    """Replay the structure of each applied step on a freshly built model (no data needed)."""
-    from .recipe import options_from_dict
-
-    for i, entry in enumerate(recipe):
-        if not isinstance(entry, dict) or "step" not in entry:
-            raise SlimformerError(f"recipe entry {i} in slimformer.json is not {{'step': ..., 'options': ...}}")
-        step = get_step(entry["step"])
-        options = options_from_dict(step, entry.get("options") or {})
-        if step.restore is not None:
-            model = step.restore(model, options, entry.get("state") or {})
-    return model

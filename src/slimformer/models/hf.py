@@ -57,9 +57,10 @@ def saved_class(path: Path) -> type[nn.Module]:
     from transformers import AutoConfig, AutoModel
 
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise SlimformerError(f"{path}: cannot read config.json: {str(e).splitlines()[0]}") from e
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise SlimformerError(f"{path}: cannot load as a Hugging Face model (config.json: "
+                              f"{str(e).splitlines()[0]})") from e
     names = getattr(config, "architectures", None) or []
     if not names:
         return AutoModel._model_mapping[type(config)]
@@ -90,6 +91,7 @@ def load_hf_dir(path: str | Path) -> nn.Module:
     _quiet_loading()
     try:
         model, info = cls.from_pretrained(path, use_safetensors=True, local_files_only=True,
+                                          trust_remote_code=False,
                                           attn_implementation=attention_implementation(cls),
                                           output_loading_info=True)
     except (OSError, ValueError) as e:
