@@ -17,14 +17,15 @@ from slimformer.models import whisper_ct2
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_whisper(vocab: int = 51864, std: float = 0.2):
+def tiny_whisper(vocab: int = 51864, std: float = 0.2, positions: int = 448):
     """A random Whisper, d=32, 2+2 layers; the real vocabulary size so CTranslate2 can run it with the real
-    vocabulary file. Biases and norms random too, so a dropped or swapped one changes the output."""
+    vocabulary file. Biases and norms random too, so a dropped or swapped one changes the output. A random
+    model never ends a transcript: `positions` (decoder length) bounds how long greedy decoding runs."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     cfg = WhisperConfig(vocab_size=vocab, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                        decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=448,
+                        decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=positions,
                         decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256, bos_token_id=50256,
                         suppress_tokens=[], begin_suppress_tokens=[220, 50256], no_timestamps_token_id=50362)
     model = WhisperForConditionalGeneration(cfg).eval()

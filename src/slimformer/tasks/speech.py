@@ -144,12 +144,18 @@ def transcribe(model: nn.Module, audios: Sequence[np.ndarray], batch: int = BATC
     return texts
 
 
+# The World English Bible writes typographic quotes ("don’t"); Whisper's normalizer knows only ASCII
+# apostrophes and would split "don’t" into "don t" while the model's "don't" becomes "do not".
+_ASCII_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
+
+
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
     """Corpus WER and CER after Whisper's English normalization (empty references are skipped)."""
     import jiwer
 
     norm = normalizer()
-    pairs = [(norm(r), norm(h)) for r, h in zip(references, hypotheses, strict=True)]
+    pairs = [(norm(r.translate(_ASCII_QUOTES)), norm(h.translate(_ASCII_QUOTES)))
+             for r, h in zip(references, hypotheses, strict=True)]
     pairs = [(r, h) for r, h in pairs if r.strip()]
     if not pairs:
         raise SlimformerError("no non-empty reference transcripts to score")
