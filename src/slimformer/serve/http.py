@@ -10,12 +10,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
          413: "request_too_large", 422: "invalid_request_error", 429: "queue_full", 500: "server_error",
          503: "unavailable"}
+
+
+class FastJSON(JSONResponse):
+    """A JSON answer rendered by orjson, which writes numpy float arrays directly (shortest float32
+    text): an embedding of 384 floats costs ~0.9 ms through `json.dumps(list)`, a sizable share of a
+    request on a small model."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class HTTPError(Exception):

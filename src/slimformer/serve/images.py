@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from torch import nn
 
@@ -19,7 +19,7 @@ from ..errors import SlimformerError
 from ..models import ViT
 from ..models.hf import is_hf_model
 from ..parallel.serve import Handler
-from .http import HTTPError, field, json_body
+from .http import FastJSON, HTTPError, field, json_body
 from .kinds import Kind, Limits
 
 
@@ -68,7 +68,7 @@ class ImageClassifier(Kind):
                                           and hasattr(model, "classifier"))
 
     def routes(self, service: Any) -> list[Route]:
-        async def classify(request: Request) -> JSONResponse:
+        async def classify(request: Request) -> Response:
             return await service.answer("/v1/classify", request, self.classify)
 
         return [Route("/v1/classify", classify, methods=["POST"])]
@@ -98,7 +98,7 @@ class ImageClassifier(Kind):
             raise HTTPError(422, f"input: {e}", "input") from None
         return images
 
-    async def classify(self, service: Any, request: Request) -> JSONResponse:
+    async def classify(self, service: Any, request: Request) -> FastJSON:
         body = await json_body(request, self.limits.max_body_bytes)
         images = self.images(body)
         k = field(body, "top_k", int, min(5, len(self.labels)))
@@ -110,4 +110,4 @@ class ImageClassifier(Kind):
             top = np.argsort(-p)[:k]
             data.append({"index": i, "labels": [{"label": self.labels[j], "index": int(j), "score": float(p[j])}
                                                 for j in top]})
-        return JSONResponse({"object": "list", "model": service.name, "data": data})
+        return FastJSON({"object": "list", "model": service.name, "data": data})

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from torch import nn
 
@@ -24,7 +24,7 @@ from ..errors import SlimformerError
 from ..models.hf import is_hf_model
 from ..parallel.serve import Handler
 from ..tasks import embedding
-from .http import HTTPError, field, json_body, short
+from .http import FastJSON, HTTPError, field, json_body, short
 from .kinds import Kind, Limits
 
 
@@ -88,10 +88,10 @@ class TextEncoder(Kind):
                 and not getattr(config, "is_encoder_decoder", False) and hasattr(config, "hidden_size"))
 
     def routes(self, service: Any) -> list[Route]:
-        async def openai(request: Request) -> JSONResponse:
+        async def openai(request: Request) -> Response:
             return await service.answer("/v1/embeddings", request, self.openai_embeddings)
 
-        async def tei(request: Request) -> JSONResponse:
+        async def tei(request: Request) -> Response:
             return await service.answer("/embed", request, self.tei_embed)
 
         return [Route("/v1/embeddings", openai, methods=["POST"]), Route("/embed", tei, methods=["POST"])]
@@ -151,7 +151,7 @@ class TextEncoder(Kind):
     async def embed(self, service: Any, route: str, items: list[np.ndarray]) -> np.ndarray:
         return np.stack(await service.infer(route, items))
 
-    async def openai_embeddings(self, service: Any, request: Request) -> JSONResponse:
+    async def openai_embeddings(self, service: Any, request: Request) -> FastJSON:
         body = await json_body(request, self.limits.max_body_bytes)
         values = self.inputs(body, "input")
         field(body, "model", str)
@@ -162,17 +162,17 @@ class TextEncoder(Kind):
         items = self.encode(values, "input", truncate=False)
         vectors = normalize((await self.embed(service, "/v1/embeddings", items))[:, :dims])
         data = [{"object": "embedding", "index": i,
-                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v.tolist()}
+                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v}
                 for i, v in enumerate(vectors)]
         tokens = sum(len(i) for i in items)
-        return JSONResponse({"object": "list", "data": data, "model": service.name,
+        return FastJSON({"object": "list", "data": data, "model": service.name,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-    async def tei_embed(self, service: Any, request: Request) -> JSONResponse:
+    async def tei_embed(self, service: Any, request: Request) -> FastJSON:
         body = await json_body(request, self.limits.max_body_bytes)
         values = self.inputs(body, "inputs")
         norm = field(body, "normalize", bool, True)
         truncate = field(body, "truncate", bool, False)
         field(body, "truncation_direction", str, "Right", choices=("Right",))
         vectors = await self.embed(service, "/embed", self.encode(values, "inputs", truncate))
-        return JSONResponse((normalize(vectors) if norm else vectors).tolist())
+        return FastJSON(np.ascontiguousarray(normalize(vectors) if norm else vectors))
