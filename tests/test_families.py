@@ -219,3 +219,16 @@ def test_hf_dir_loads_as_saved_class_and_refuses_missing_weights(zoo, tmp_path):
     (tmp_path / "bert" / "config.json").write_text(json.dumps(config))
     with pytest.raises(SlimformerError, match=r"lacks \d+ weight\(s\) of BertForMaskedLM \(cls\.predictions"):
         io.load(tmp_path / "bert")
+
+
+def test_families_benchmark_runs_tiny(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "families.py"
+    spec = importlib.util.spec_from_file_location("bench_families", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--tiny", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "families-tiny.md").read_text()
+    assert "0 wrong, 0 tracebacks" in text and "GPT2LMHeadModel is a causal decoder" in text

@@ -99,7 +99,9 @@ def main_output(out) -> Tensor:
 
 
 def _mask_of(inputs: tuple) -> Tensor | None:
-    """The padding mask of text inputs `(ids, mask, ...)`, if the second input is one."""
+    """The padding mask of text inputs `(ids, mask, ...)` or `({"attention_mask": ...},)`, if there is one."""
+    if len(inputs) == 1 and isinstance(inputs[0], dict):
+        return inputs[0].get("attention_mask")
     if len(inputs) > 1 and isinstance(inputs[1], Tensor) and inputs[1].shape == inputs[0].shape:
         return inputs[1]
     return None
@@ -144,10 +146,25 @@ def _data(ctx: StepContext) -> tuple[Callable[[int], Iterator[tuple[tuple, Tenso
     if ctx.calib is None:
         raise SlimformerError("step 'distill' needs data: give the task (--task digits or embedding, or a model "
                               "dir that records its task)")
-    batches = [item for item in ctx.calib() if isinstance(item, tuple)]
+    batches = [item if isinstance(item, tuple) else (item,) for item in ctx.calib() if isinstance(item, (tuple, dict))]
     if not batches:
-        raise SlimformerError(f"step 'distill': task {ctx.task!r} gave no calibration inputs (tuples of tensors)")
+        raise SlimformerError(f"step 'distill': task {ctx.task!r} gave no calibration inputs (tuples or dicts of "
+                              "tensors)")
     return (lambda _epoch: ((b, None) for b in batches)), len(batches)
+
+
+class KeywordInputs(nn.Module):
+    """Lets the training loop's `model(*inputs)` drive a model that takes keyword inputs (Hugging Face):
+    a batch `(kwargs,)` becomes `model(**kwargs)`; positional batches pass through."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        if len(inputs) == 1 and isinstance(inputs[0], dict):
+            return self.model(**inputs[0])
+        return self.model(*inputs)
 
 
 def distill(model: nn.Module, opts: DistillOptions, ctx: StepContext) -> nn.Module:
@@ -162,7 +179,7 @@ def distill(model: nn.Module, opts: DistillOptions, ctx: StepContext) -> nn.Modu
     def with_teacher(epoch: int):
         for inputs, labels in epoch_batches(epoch):
             with torch.no_grad():
-                t_out = main_output(teacher(*inputs))
+                t_out = main_output(KeywordInputs(teacher)(*inputs))
             t_hidden = taps[1].take() if taps else []
             yield inputs, (labels, t_out, t_hidden, _mask_of(inputs))
 
@@ -182,8 +199,8 @@ def distill(model: nn.Module, opts: DistillOptions, ctx: StepContext) -> nn.Modu
         return loss, correct, s_out.shape[0]
 
     try:
-        history = fit(model, with_teacher, steps, loss_fn, TrainConfig(epochs=opts.epochs, lr=opts.lr),
-                      description="distill")
+        history = fit(KeywordInputs(model), with_teacher, steps, loss_fn,
+                      TrainConfig(epochs=opts.epochs, lr=opts.lr), description="distill")
     finally:
         if taps:
             taps[0].close()
