@@ -159,3 +159,22 @@ def test_transcribe_cli_bad_audio_is_one_line(tmp_path, tiny_dir, capsys):
                           (tmp_path / "missing.wav", "no such audio file")):
         rc, _, stderr = _cli(capsys, "transcribe", str(tiny_dir), str(path))
         assert rc == 2 and stderr.count("\n") == 1 and message in stderr and str(path) in stderr, stderr
+
+
+def test_speech_benchmark_tiny_smoke(tmp_path):
+    """benchmarks/speech.py --tiny runs every system on the same clips and writes JSON + a table."""
+    import importlib.util
+    from pathlib import Path
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("apt-get install espeak-ng")
+    path = Path(__file__).parent.parent / "benchmarks" / "speech.py"
+    spec = importlib.util.spec_from_file_location("speech_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--tiny", "--threads", "1", "--recipe", "audio-trim", "--out", str(tmp_path)])
+    names = {r["name"] for r in rows}
+    assert {"hf-fp32", "ct2-float32", "ct2-int8", "audio-trim"} <= names
+    assert all(r["seconds_mean"] > 0 and r["metrics"]["wer_clean"] >= 0 for r in rows)
+    doc = json.loads((tmp_path / "speech.json").read_text())
+    assert doc["env"]["cpu_features"] and "| ct2-int8 |" in (tmp_path / "speech.md").read_text()

@@ -135,12 +135,13 @@ def decode(ids: Sequence[Sequence[int]]) -> list[str]:
     return [t.strip() for t in tokenizer().batch_decode(ids, skip_special_tokens=True)]
 
 
-def transcribe(model: nn.Module, audios: Sequence[np.ndarray], batch: int = BATCH) -> list[str]:
+def transcribe(model: nn.Module, audios: Sequence[np.ndarray], batch: int = BATCH,
+               max_length: int | None = None) -> list[str]:
     """One transcript per 16 kHz mono clip (<= 30 s each), greedy, in batches of `batch`."""
     model.eval()
     texts: list[str] = []
     for i in range(0, len(audios), batch):
-        texts += decode(greedy(model, features(audios[i:i + batch])))
+        texts += decode(greedy(model, features(audios[i:i + batch]), max_length))
     return texts
 
 

@@ -1,0 +1,225 @@
+"""Speech recognition: slimformer's Whisper tiny.en recipes beside CTranslate2 and faster-whisper, one run.
+
+Every system transcribes the same clips (the speech task's held-out verses spoken by espeak-ng, clean
+and at 10 dB SNR) with greedy decoding (`beam_size=1`, prompt without timestamps):
+- `hf-fp32`: the converted model in transformers (fp32, sdpa), our greedy loop on its KV cache;
+- `ct2-float32`, `ct2-int8`: CTranslate2's own `models.Whisper` on the packaged model dir;
+- `faster-whisper-int8`: faster-whisper (CTranslate2 inside, its own feature extractor), no VAD, when
+  installed (`pip install -e '.[speech-bench]'`);
+- slimformer recipes applied to the converted model (`--recipe`, repeatable).
+WER / CER come from one pass over all clips (batch `--wer-batch`); speed from batch-1 calls timed
+round-robin over `--timing-clips` clean clips, every system on the same clip in turn, so machine noise
+hits all of them alike. RTF = seconds spent / seconds of audio. Size: our weights as saved
+(safetensors bytes of the state dict); CTranslate2 rows give the packaged file (float16 on disk,
+converted to the compute type when loaded).
+
+    flock /tmp/slimformer-bench.lock .venv/bin/python benchmarks/speech.py           # 2 threads, batch 1
+    .venv/bin/python benchmarks/speech.py --tiny --out /tmp/s                         # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimformer import atomic, ct2format, io
+from slimformer.api import compress_model
+from slimformer.bench.env import environment, features_line
+from slimformer.data import speech as data
+from slimformer.models import whisper_ct2
+from slimformer.tasks import speech
+
+log = logging.getLogger("speech-bench")
+RESULTS = Path(__file__).parent / "results"
+RECIPES = ["audio-trim", "int8", "audio-trim+int8"]
+Transcriber = Callable[[Sequence[np.ndarray]], list[str]]
+
+
+def state_mb(model: torch.nn.Module) -> float:
+    tensors, _ = io.plain_state_dict(model)
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
+def ours(model: torch.nn.Module, batch: int, max_length: int | None) -> Transcriber:
+    return lambda audios: speech.transcribe(model, audios, batch=batch, max_length=max_length)
+
+
+def ct2_system(model_dir: Path, compute_type: str, threads: int, batch: int, max_length: int) -> Transcriber:
+    import ctranslate2
+
+    peer = ctranslate2.models.Whisper(str(model_dir), device="cpu", compute_type=compute_type,
+                                      intra_threads=threads, inter_threads=1)
+    prompt = [speech.tokenizer().convert_tokens_to_ids(t) for t in ("<|startoftranscript|>", "<|notimestamps|>")]
+
+    def run(audios: Sequence[np.ndarray]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(audios), batch):
+            feats = speech.features(audios[i:i + batch]).numpy()
+            result = peer.generate(ctranslate2.StorageView.from_array(feats), [prompt] * len(feats), beam_size=1,
+                                   max_length=max_length)
+            out += speech.decode([r.sequences_ids[0] for r in result])
+        return out
+    return run
+
+
+def faster_whisper_system(model_dir: Path, threads: int, max_length: int) -> Transcriber | None:
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        log.warning("faster-whisper not installed (pip install -e '.[speech-bench]'); its row is skipped")
+        return None
+    fw = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
+
+    def run(audios: Sequence[np.ndarray]) -> list[str]:
+        out = []
+        for a in audios:
+            segments, _ = fw.transcribe(a, language="en", beam_size=1, best_of=1, temperature=0.0, vad_filter=False,
+                                        without_timestamps=True, condition_on_previous_text=False,
+                                        max_new_tokens=max_length - 2)
+            out.append(" ".join(s.text.strip() for s in segments).strip())
+        return out
+    return run
+
+
+def word_errors(run: Transcriber, clean: Sequence[data.Clip], noisy: Sequence[data.Clip]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, clips in (("clean", clean), ("noisy", noisy)):
+        start = time.perf_counter()
+        hyps = run([c.audio for c in clips])
+        for metric, value in speech.error_rates([c.text for c in clips], hyps).items():
+            out[f"{metric}_{name}"] = round(value, 5)
+        out[f"wer_pass_s_{name}"] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def time_round_robin(systems: dict[str, Transcriber], clips: Sequence[data.Clip]) -> dict[str, list[float]]:
+    """Seconds per batch-1 call, system after system on the same clip, start rotating each clip."""
+    names = list(systems)
+    for name in names:  # warm-up: first calls pay one-off kernel setup
+        systems[name]([clips[0].audio])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i, clip in enumerate(clips):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            start = time.perf_counter()
+            systems[name]([clip.audio])
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def tiny_setup(tmp: Path) -> tuple[torch.nn.Module, Path, list[data.Clip]]:
+    """A random d=32 Whisper written as a CTranslate2 dir (so every system runs it) and two short clips."""
+    import shutil
+
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    cfg = WhisperConfig(vocab_size=51864, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256, bos_token_id=50256,
+                        begin_suppress_tokens=[220, 50256], no_timestamps_token_id=50362)
+    model = WhisperForConditionalGeneration(cfg).eval()
+    ct2format.write(whisper_ct2.from_hf(model), tmp / "model.bin")
+    for name in ("vocabulary.txt", "tokenizer.json", "config.json"):
+        shutil.copy(whisper_ct2.packaged_dir() / name, tmp / name)
+    clips = [data.Clip(t, "en-us", 150, data.synthesize(t, "en-us", 150)) for t in ("Hello there.", "Go home now.")]
+    return whisper_ct2.load_dir(tmp), tmp, clips
+
+
+def table(doc: dict[str, Any]) -> str:
+    rows = doc["results"]
+    base = next((r for r in rows if r["name"] == "ct2-int8"), None)
+    lines = [f"# Speech recognition: Whisper tiny.en, {doc['config']['clips']} clips clean + noisy", "",
+             features_line(doc["env"]), "",
+             f"{doc['config']['threads']} threads; WER pass batch {doc['config']['wer_batch']}; speed: batch 1, "
+             f"{doc['config']['timing_clips']} clean clips ({doc['config']['timing_audio_s']:.0f} s of audio) "
+             "timed round-robin; greedy decoding everywhere.", "",
+             "| system | WER clean | WER noisy | CER clean | CER noisy | s / clip (mean) | p50 | RTF | "
+             "vs CT2 int8 | size MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["metrics"]
+        ratio = f"{base['seconds_mean'] / r['seconds_mean']:.2f}x" if base else "-"
+        lines.append(f"| {r['name']} | {m['wer_clean']:.4f} | {m['wer_noisy']:.4f} | {m['cer_clean']:.4f} | "
+                     f"{m['cer_noisy']:.4f} | {r['seconds_mean']:.3f} | {r['seconds_p50']:.3f} | {r['rtf']:.4f} | "
+                     f"{ratio} | {r['size_mb']} |")
+    lines += ["", "`vs CT2 int8`: how many times faster per clip than CTranslate2 int8 (higher is faster).",
+              "Command: `" + doc["config"]["command"] + "`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clips", type=int, default=data.N_TEST, help="test clips for WER (each clean and noisy)")
+    p.add_argument("--timing-clips", type=int, default=24)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--wer-batch", type=int, default=8)
+    p.add_argument("--recipe", action="append", help=f"slimformer recipe row (repeatable; default {RECIPES})")
+    p.add_argument("--tiny", action="store_true", help="smoke test: random d=32 Whisper, 2 clips")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
+    torch.set_num_threads(args.threads)
+    tmp = tempfile.TemporaryDirectory()
+    if args.tiny:
+        model, model_dir, clean = tiny_setup(Path(tmp.name))
+        max_length, timed = 12, clean
+    else:
+        model, model_dir = io.load("whisper-tiny-en"), whisper_ct2.packaged_dir()
+        clean = data.load("test", args.clips)
+        max_length, timed = 448, clean[:args.timing_clips]
+    noisy = data.noisy(clean)
+    packaged_mb = round((model_dir / "model.bin").stat().st_size / 2**20, 1)
+    systems: dict[str, Transcriber] = {"hf-fp32": ours(model, args.wer_batch, max_length)}
+    sizes: dict[str, Any] = {"hf-fp32": round(state_mb(model), 1)}
+    for ct in ("float32", "int8"):
+        systems[f"ct2-{ct}"] = ct2_system(model_dir, ct, args.threads, args.wer_batch, max_length)
+        sizes[f"ct2-{ct}"] = f"{packaged_mb} (fp16 file)"
+    fw = faster_whisper_system(model_dir, args.threads, max_length)
+    if fw is not None:
+        systems["faster-whisper-int8"], sizes["faster-whisper-int8"] = fw, f"{packaged_mb} (fp16 file)"
+    models = {"hf-fp32": model}
+    for recipe in args.recipe or RECIPES:
+        small, _ = compress_model(whisper_ct2.to_hf(whisper_ct2.from_hf(model)) if args.tiny else io.load(
+            "whisper-tiny-en"), recipe, task=None)
+        models[recipe] = small
+        systems[recipe], sizes[recipe] = ours(small, args.wer_batch, max_length), round(state_mb(small), 1)
+    metrics = {}
+    for name, run in systems.items():
+        log.info("WER pass: %s", name)
+        metrics[name] = word_errors(run, clean, noisy)
+        log.info("  %s", metrics[name])
+    batch1 = {n: (lambda audios, r=r: r(audios)) for n, r in systems.items()}
+    for name, m in models.items():  # batch 1 for the timing pass (same transcripts, one clip per call)
+        batch1[name] = ours(m, 1, max_length)
+    times = time_round_robin(batch1, timed)
+    audio_s = sum(c.seconds for c in timed)
+    results = []
+    for name in systems:
+        t = times[name]
+        results.append({"name": name, "recipe": name if name in models and name != "hf-fp32" else "",
+                        "metrics": metrics[name], "seconds_mean": round(statistics.mean(t), 4),
+                        "seconds_p50": round(statistics.median(t), 4), "rtf": round(sum(t) / audio_s, 5),
+                        "size_mb": sizes[name], "timed_calls": len(t)})
+    command = "benchmarks/speech.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    doc = {"env": environment(), "config": {"clips": len(clean), "timing_clips": len(timed), "threads": args.threads,
+                                            "wer_batch": args.wer_batch, "timing_audio_s": audio_s,
+                                            "tiny": args.tiny, "command": command.strip()},
+           "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(args.out / "speech.json", json.dumps(doc, indent=2))
+    atomic.write_text(args.out / "speech.md", table(doc))
+    tmp.cleanup()
+    return results
+
+
+if __name__ == "__main__":
+    main()
