@@ -1,13 +1,16 @@
 """Translation decoding: tokens/s of greedy decoding (batch 1 and 32) and BLEU, all variants in one run.
 
-Variants: our Seq2Seq fp32 with the KV cache, the same without the cache (full prefix every step), the
-compression recipes (`int8`, encoder-side ToMe, both; applied through the step registry exactly as
-`slimformer compress` does), and CTranslate2 (fp32 and int8) running the same weights converted through a transformers
+Variants: our Seq2Seq fp32 with the growing KV cache, the same without the cache (full prefix every
+step), the static cache with the decode step compiled once (`generate.greedy(static=True,
+compiled=True)`), the compression recipes (`int8`, encoder-side ToMe, both; applied through the step
+registry exactly as `slimformer compress` does; int8 decodes with `compress.int8_decode`'s kernels on
+the recipe's own int8 weights, eager with the growing cache and compiled on the static cache), and
+CTranslate2 (fp32 and int8) running the same weights converted through a transformers
 MarianMT of identical shape (`slimformer.bench.ct2` states what Marian cannot express). Speeds are
 timed round-robin in one process so machine noise hits every variant alike; tokens/s counts generated
 tokens (EOS excluded) per second at the median call time.
 
-    flock /tmp/slimformer-cpu.lock .venv/bin/python benchmarks/translation.py --threads 2
+    flock /tmp/slimformer-bench.lock .venv/bin/python benchmarks/translation.py --threads 2
     .venv/bin/python benchmarks/translation.py --tiny     # random tiny model, seconds: a smoke test
 """
 
@@ -31,9 +34,10 @@ from slimformer import atomic, io, paths
 from slimformer.bench import ct2
 from slimformer.bench.env import environment
 from slimformer.bench.timing import interleaved
+from slimformer.compress.int8_decode import for_decoding
 from slimformer.data import bible
 from slimformer.errors import SlimformerError
-from slimformer.generate import greedy, pad_batch
+from slimformer.generate import compiled_graphs, greedy, pad_batch
 from slimformer.models.seq2seq import Seq2Seq
 from slimformer.tasks import translation as T
 
@@ -54,6 +58,10 @@ def compressed(model: Seq2Seq, recipe: str, task: str | None) -> nn.Module:
 
 def variant_name(recipe: str) -> str:
     return f"slimformer {recipe} (KV cache)"
+
+
+STATIC = "static cache, compiled"
+BEST_FP32, BEST_INT8 = f"slimformer fp32 ({STATIC})", f"slimformer int8 ({STATIC})"
 
 
 def bleu(hyps: list[list[int]], refs: list[str], tok) -> dict[str, float]:
@@ -101,19 +109,26 @@ def run(args) -> dict:
     max_new = args.max_new_tokens or model.config.max_len - 1
     task = None if args.tiny else "translation"
     models = {recipe: compressed(model, recipe, task) for recipe in args.recipes}
+    for recipe, m in models.items():  # int8 recipes decode on the int8 kernels picked for decode shapes
+        if "int8" in recipe:
+            for_decoding(m)
     work = Path(tempfile.mkdtemp(prefix="ct2-"))
     t0 = time.perf_counter()
     tr = {ct: ct2.translator(ct2.convert(model, tok, work / ct, quantization=ct), ct, args.threads)
           for ct in ("float32", "int8")}
     convert_s = time.perf_counter() - t0
 
-    def decoder(m: nn.Module, use_cache: bool = True) -> Callable[[list[list[int]]], list[list[int]]]:
-        return lambda s: greedy(m, pad_batch(s, 0), max_new_tokens=max_new, use_cache=use_cache)
+    def decoder(m: nn.Module, use_cache: bool = True,
+                static: bool = False) -> Callable[[list[list[int]]], list[list[int]]]:
+        return lambda s: greedy(m, pad_batch(s, 0), max_new_tokens=max_new, use_cache=use_cache, static=static,
+                                compiled=args.backend if static else False)
 
     variants: dict[str, Callable[[list[list[int]]], list[list[int]]]] = {
         "slimformer fp32 (KV cache)": decoder(model),
         "slimformer fp32 (no cache)": decoder(model, use_cache=False),
+        BEST_FP32: decoder(model, static=True),
         **{variant_name(recipe): decoder(m) for recipe, m in models.items()},
+        **({BEST_INT8: decoder(models["int8"], static=True)} if "int8" in models else {}),
         "ctranslate2 fp32": lambda s: ct2.ct2_greedy(tr["float32"], tok, s, max_new),
         "ctranslate2 int8": lambda s: ct2.ct2_greedy(tr["int8"], tok, s, max_new),
     }
@@ -121,6 +136,7 @@ def run(args) -> dict:
     # Quality: every variant decodes the whole held-out set (the no-cache path equals the cached one
     # token for token - checked here on the speed sample, and in tests - so it is not decoded twice).
     outputs, quality = {}, {}
+    graphs_before = compiled_graphs()
     for name, fn in variants.items():
         if "no cache" in name:
             continue
@@ -142,6 +158,7 @@ def run(args) -> dict:
                  for name, fn in variants.items()}
         produced = {name: call() for name, call in calls.items()}
         assert produced["slimformer fp32 (no cache)"] == produced["slimformer fp32 (KV cache)"], "cache mismatch"
+        assert produced[BEST_FP32] == produced["slimformer fp32 (KV cache)"], "static cache mismatch"
         timings = interleaved(calls, batch=len(srcs), rounds=args.rounds, calls_per_round=1,
                               warmup_seconds=args.warmup, max_seconds=args.max_seconds)
         for name, timing in timings.items():
@@ -152,12 +169,20 @@ def run(args) -> dict:
                                                                           "p99": round(timing.p99_ms, 2)},
                             "threads": args.threads})
             log.info("batch %d %s: %.1f tokens/s", batch, name, tps)
+    acceptance = {}
     for batch in speed_sets:
         rows = {r["name"]: r for r in results if r["batch"] == batch}
         ref = rows["ctranslate2 int8"]["tokens_per_s"]
         for r in rows.values():
             r["vs_ctranslate2_int8"] = round(r["tokens_per_s"] / ref, 3)
             r["vs_no_cache"] = round(r["tokens_per_s"] / rows["slimformer fp32 (no cache)"]["tokens_per_s"], 3)
+        ours = {n: r for n, r in rows.items() if n.startswith("slimformer")}
+        best = max(ours, key=lambda n: ours[n]["tokens_per_s"])
+        int8 = {n: r["tokens_per_s"] for n, r in ours.items() if "int8" in n}
+        acceptance[str(batch)] = {
+            "best": best, "best_vs_ctranslate2_int8": rows[best]["vs_ctranslate2_int8"],
+            "int8_at_least_fp32": {n: tps >= rows[n.replace("tome:r=2+int8", "tome:r=2").replace("int8", "fp32")]
+                                   ["tokens_per_s"] for n, tps in int8.items()}}
     return {"env": environment(), "model": str(args.model) if not args.tiny else "tiny random (smoke test)",
             "config": vars(model.config) if hasattr(model.config, "__dict__") else {},
             "test_sentences": len(sources), "books": list(bible.TEST_BOOKS), "recipes": args.recipes,
@@ -166,9 +191,13 @@ def run(args) -> dict:
                               "normalize_before=True, final LayerNorms, learned positions, <s> decoder start; "
                               "see slimformer/bench/ct2.py for what Marian itself cannot express",
             "quality": quality,
+            "compiled_graphs": compiled_graphs() - graphs_before,
+            "backend": args.backend,
+            "compiled_graphs_note": "dynamo graphs compiled by the whole run: one per (variant, batch size), "
+                                    "none per decoding step",
             "bleu_delta": {r: round(quality[variant_name(r)]["bleu"] - quality["slimformer fp32 (KV cache)"]["bleu"], 2)
                            for r in args.recipes},
-            "results": results}
+            "acceptance": acceptance, "results": results}
 
 
 def markdown(report: dict) -> str:
@@ -188,7 +217,14 @@ def markdown(report: dict) -> str:
     for r in report["results"]:
         lines.append(f"| {r['name']} | {r['batch']} | {r['tokens_per_s']:.1f} | {r['latency_ms']['p50']:.1f} | "
                      f"{r['vs_no_cache']:.2f}x | {r['vs_ctranslate2_int8']:.2f}x |")
-    lines += ["", f"CTranslate2 conversion: {report['ct2_conversion']}.", ""]
+    lines += [""]
+    for batch, a in report["acceptance"].items():
+        slower = [n for n, ok in a["int8_at_least_fp32"].items() if not ok]
+        lines.append(f"Batch {batch}: best slimformer path `{a['best']}` = {a['best_vs_ctranslate2_int8']:.2f}x "
+                     f"CTranslate2 int8; int8 paths slower than their fp32 counterpart: "
+                     f"{', '.join(slower) if slower else 'none'}.")
+    lines += ["", f"Compiled graphs in the whole run: {report['compiled_graphs']} ({report['compiled_graphs_note']}).",
+              "", f"CTranslate2 conversion: {report['ct2_conversion']}.", ""]
     return "\n".join(lines)
 
 
@@ -205,12 +241,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-seconds", type=float, default=240.0)
     p.add_argument("--recipe", dest="recipes", action="append",
                    help=f"recipe to compare (repeatable; default {RECIPES})")
+    p.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled decode step")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.recipes = args.recipes or RECIPES
     if args.tiny:
         args.rounds, args.warmup, args.max_seconds, args.b1_sentences = 2, 0.1, 5.0, 2
         args.max_new_tokens = args.max_new_tokens or 12
+        args.backend = "eager"  # dynamo traces the step (graphs counted) without inductor's compile time
     report = run(args)
     name = "translation-tiny" if args.tiny else "translation"
     atomic.write_text(args.out_dir / f"{name}.json", json.dumps(report, indent=2, default=str))
