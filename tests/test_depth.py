@@ -7,7 +7,7 @@ from hf_tiny import bert_inputs, tiny_bert, tiny_hf_vit, vit_inputs
 
 from slimformer import io
 from slimformer.api import compress_model
-from slimformer.compress.depth import block_list
+from slimformer.compress.prune_layers import block_list
 from slimformer.compress.recipe import apply_recipe, parse_recipe
 from slimformer.compress.registry import StepContext
 from slimformer.errors import SlimformerError

@@ -1,17 +1,12 @@
-"""The pure token-reduction core (compress/merge.py) against naive per-row loops."""
+"""The pure token-reduction core (compress/merge.py, compress/token_pruning.py) against naive per-row loops."""
 
 import math
 
 import pytest
 import torch
 
-from slimformer.compress.merge import (
-    attention_received,
-    attentive_pruning,
-    bipartite_soft_matching,
-    size_bias,
-    uniform_merge,
-)
+from slimformer.compress.merge import bipartite_soft_matching, size_bias, uniform_merge
+from slimformer.compress.token_pruning import attention_received, attentive_pruning
 
 TOL = 1e-5
 

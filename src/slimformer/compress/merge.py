@@ -14,8 +14,8 @@ padded row reduces exactly like the same example alone, and the sequence keeps i
 
 - ToMe (Bolya et al. 2023): `bipartite_soft_matching` splits tokens alternately into sets A and B,
   and merges the `r` tokens of A most similar (cosine of attention keys) to some token of B into it.
-- EViT (Liang et al. 2022): `attentive_pruning` keeps the tokens that receive the most attention and
-  drops (or fuses into one token) the rest.
+- EViT (Liang et al. 2022): `token_pruning.attentive_pruning` keeps the tokens that receive the most
+  attention and drops (or fuses into one token) the rest; it builds on the `Reduction` defined here.
 """
 
 from __future__ import annotations
@@ -201,58 +201,6 @@ def uniform_merge(x: Tensor, size: Tensor, metric: Tensor, r: int, protect_first
     merged = torch.cat([xa.gather(1, kept_a[..., None].expand(-1, -1, c)), xb], dim=1)
     new_size = torch.cat([sa.gather(1, kept_a), sb], dim=1).gather(1, order)
     return merged.gather(1, order[..., None].expand(-1, -1, c)) / new_size[..., None], new_size
-
-
-def attentive_pruning(score: Tensor, keep_rate: float, size: Tensor, protected: Tensor, fuse: bool) -> Reduction:
-    """EViT's pruning. score `[B, T]`: attention each token receives; size, protected `[B, T]`.
-
-    Each row keeps the `ceil(keep_rate * n)` highest-scoring of its `n` mergeable tokens. With `fuse`,
-    the dropped tokens become one token after the kept ones: their score-weighted average, whose size
-    is the sum of theirs (so pooling still counts them).
-    """
-    b, t = score.shape
-    device = score.device
-    ok = mergeable(size, protected)
-    n_keep = torch.ceil(ok.sum(1) * keep_rate - 1e-6).long()
-    rank = _ranks(score.masked_fill(~ok, -math.inf))
-    drop = ok & (rank >= n_keep[:, None])
-
-    pos = torch.arange(t, device=device).expand(b, t)
-    live = (size > 0) & ~drop
-    changed = torch.zeros(b, t, dtype=torch.bool, device=device)
-    if fuse:
-        # The fused token lives in the slot of the best dropped token, and sorts after every kept one.
-        first = drop & (rank == n_keep[:, None])
-        slot = torch.where(first, pos, 0).sum(1)
-        target = torch.where(drop, slot[:, None], pos)
-        weight = torch.where(drop, score, size)
-        changed |= first
-        key = torch.where(live, pos, torch.where(first, t, pos + t + 1))
-        live |= first
-        order = key.argsort(dim=1)[:, :int(live.sum(1).max())]
-    else:
-        target = torch.where(drop, -1, pos)
-        weight = size
-        order = _survivors(live)
-    return Reduction(target, weight, changed, order)
-
-
-def attention_received(q: Tensor, k: Tensor, bias: Tensor | None, size: Tensor, query: str) -> Tensor:
-    """How much attention each token receives, averaged over heads. q, k `[B, H, T, D]`; bias additive,
-    broadcastable to `[B, H, T, T]`; size `[B, T]`. query="cls": from the first token only (EViT with a
-    class token); "mean": mean over the real query tokens. Returns `[B, T]`."""
-    scale = q.shape[-1] ** -0.5
-    if query == "cls":
-        logits = (q[:, :, :1] @ k.transpose(-1, -2)) * scale  # [B, H, 1, T]
-        if bias is not None:
-            logits = logits + bias[..., :1, :]
-        return logits.softmax(-1)[:, :, 0].mean(1)
-    logits = (q @ k.transpose(-1, -2)) * scale
-    if bias is not None:
-        logits = logits + bias
-    probs = logits.softmax(-1).mean(1)  # [B, T, T]
-    real = (size > 0).to(probs.dtype)
-    return (probs * real[:, :, None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1)
 
 
 def size_bias(size: Tensor, prop_attn: bool, dtype: torch.dtype) -> Tensor:

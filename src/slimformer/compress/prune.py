@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
-from ..families import example_inputs, family_of
+from ..families import family_of
 from ..families.sites import FFNSite, HeadSite, Slot, by_name
+from .calibrate import over_inputs
 from .registry import Step, StepContext, register
 
 log = logging.getLogger(__name__)
@@ -90,50 +90,7 @@ def n_to_keep(n: int, ratio: float, multiple_of: int = 1) -> int:
     return max(1, min(n, keep))
 
 
-# ---- calibration ------------------------------------------------------------------------------------
-
-def calibration_batches(model: nn.Module, ctx: StepContext, step: str) -> Iterator[tuple[tuple, dict]]:
-    """(args, kwargs) batches to score on: the task's calibration data, else shaped random inputs."""
-    if ctx.calib is not None:
-        for item in ctx.calib():
-            yield (item, {}) if isinstance(item, tuple) else ((), dict(item))
-        return
-    log.warning("%s: no task calibration data (pass a task); scoring on random example inputs", step)
-    seq_len = min(64, family_of(model, step).dims(model).max_len)
-    for seed in range(4):
-        yield example_inputs(model, batch=16, seq_len=seq_len, seed=seed)
-
-
-@torch.no_grad()
-def over_inputs(model: nn.Module, ctx: StepContext, step: str, modules: dict[str, nn.Module],
-                measure: Callable[[str, Tensor], Tensor], combine: Callable[[Tensor, Tensor], Tensor]
-                ) -> dict[str, Tensor]:
-    """Run the calibration data through `model` (eval mode, restored after) and, for each key's module,
-    `measure(key, x)` its input x `[tokens, features]`, folded over batches with `combine`. Refuses
-    when the data never reached a module."""
-    totals: dict[str, Tensor] = {}
-
-    def hook_for(key: str):
-        def hook(_module, inputs):
-            value = measure(key, inputs[0].detach().reshape(-1, inputs[0].shape[-1]))
-            totals[key] = combine(totals[key], value) if key in totals else value
-        return hook
-
-    hooks = [module.register_forward_pre_hook(hook_for(key)) for key, module in modules.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        for args, kwargs in calibration_batches(model, ctx, step):
-            model(*args, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    missing = [k for k in modules if k not in totals]
-    if missing:
-        raise SlimformerError(f"step {step!r}: calibration data never reached {missing[0]}")
-    return totals
-
+# ---- scores on calibration data ------------------------------------------------------------
 
 def input_scores(model: nn.Module, slots: dict[str, tuple[Slot, int]], ctx: StepContext, step: str
                  ) -> dict[str, Tensor]:

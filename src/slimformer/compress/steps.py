@@ -4,7 +4,7 @@ module), and it is where steps are looked up, so the registry itself imports no 
 from __future__ import annotations
 
 from ..errors import SlimformerError
-from . import attention_bf16, audio_trim, depth, distill, lowrank, prune, quantize, tokens  # noqa: F401
+from . import attention_bf16, audio_trim, distill, lowrank, prune, prune_layers, quantize, tokens  # noqa: F401
 from .registry import STEPS, Step
 
 

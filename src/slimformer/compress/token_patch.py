@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from ..models import Encoder, Seq2Seq, ViT
 from ..models.attention import Attention, additive, padding_bias
 from ..models.blocks import EncoderBlock
-from .merge import attention_received, attentive_pruning, bipartite_soft_matching, mergeable, size_bias, uniform_merge
+from .merge import bipartite_soft_matching, mergeable, size_bias, uniform_merge
+from .token_pruning import attention_received, attentive_pruning
 
 STATE = "_token_reduction"          # attribute holding the TokenReducer on every patched module
 LAYER = "_token_layer_index"        # attribute holding a patched HF layer's index

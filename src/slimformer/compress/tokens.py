@@ -21,10 +21,11 @@ from torch import nn
 from ..errors import SlimformerError
 from ..families import family_of
 from .registry import Step, StepContext, register
-from .token_patch import TokenReducer, TokenSite, patch_reference, reference_site, token_sizes, unpatch
+from .token_patch import TokenReducer, TokenSite, patch_reference, reducer_of, reference_site, token_sizes, unpatch
 from .token_patch_hf import hf_site, patch_hf
 
-__all__ = ["PruneOptions", "TomeOptions", "apply_prune", "apply_tome", "merge_plan", "token_sizes", "unpatch"]
+__all__ = ["PruneOptions", "TomeOptions", "apply_prune", "apply_tome", "is_token_reduced", "merge_plan", "token_sizes",
+           "unpatch"]
 
 Schedule = Literal["constant", "decreasing", "keep"]
 Metric = Literal["auto", "keys", "hidden"]
@@ -73,6 +74,12 @@ class PruneOptions:
             raise SlimformerError(f"option 'keep_rate' of step 'token-prune' must be in (0, 1], got {self.keep_rate}")
         if self.start_layer < 0:
             raise SlimformerError(f"option 'start_layer' of step 'token-prune' must be >= 0, got {self.start_layer}")
+
+
+def is_token_reduced(model: nn.Module) -> bool:
+    """Whether `tome` or `token-prune` is patched into `model`: its token count changes inside the blocks,
+    which code that runs the blocks itself (pipeline stages, tensor-parallel ranks) must know."""
+    return reducer_of(model) is not None
 
 
 def token_site(model: nn.Module, step: str) -> TokenSite:

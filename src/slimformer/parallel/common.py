@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..bench.timing import Timing, summarize
 from ..compress.distill import main_output
+from ..compress.tokens import is_token_reduced
 from ..errors import SlimformerError
 from ..families import Family, family_of
 
@@ -23,7 +24,7 @@ def refuse_token_reduction(model: nn.Module, what: str) -> None:
     """Token merging / pruning (`tome`, `token-prune`) patches the model's forward and changes the token
     count inside the blocks: a pipeline stage runs the blocks itself (the reduction would silently not
     happen) and a tensor-parallel rank sees only its heads' keys (ranks would merge differently)."""
-    if getattr(model, "_token_reduction", None) is not None:
+    if is_token_reduced(model):
         raise SlimformerError(f"{what} cannot run a token-reduced model (tome / token-prune): the token count "
                               "changes inside the blocks; use `slimformer parallel serve` or ddp for it")
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import SlimformerError
 from ..families import family_of
-from .prune import calibration_batches
+from .calibrate import calibration_batches
 from .registry import Step, StepContext, register
 
 log = logging.getLogger(__name__)
