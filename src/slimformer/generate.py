@@ -320,3 +320,35 @@ def pad_batch(sequences: list[list[int]], pad_id: int) -> Tensor:
     for i, s in enumerate(sequences):
         out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
     return out
+
+
+def hf_greedy(model, inputs: dict[str, Tensor], new_tokens: int, static: bool = False,
+              compiled: bool | str = False) -> Tensor:
+    """Greedy decoding of a Hugging Face decoder or seq2seq model (GPT-2, Llama, Marian, BART, T5,
+    Whisper) through transformers' own `generate`: exactly `new_tokens` new tokens per row (the end
+    token is held off, so every path does the same work) -> `[batch, new_tokens]`.
+
+    static=True: transformers' `StaticCache` (preallocated, written at `cache_position`); compiled=True
+    (or a backend name) also compiles the decoding forward once with fullgraph=True and static shapes,
+    which transformers does itself on GPUs only unless told (`CompileConfig._compile_all_devices`).
+    """
+    from transformers import CompileConfig
+
+    if compiled and not static:
+        raise SlimformerError("compiled=True needs static=True: only a static cache has fixed shapes")
+    kwargs: dict = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
+                    "num_beams": 1}
+    if static:
+        kwargs["cache_implementation"] = "static"
+    if compiled:
+        config = CompileConfig(fullgraph=True, dynamic=False, mode="default",
+                               backend="inductor" if compiled is True else compiled,
+                               options={"freezing": True} if compiled in (True, "inductor") else None)
+        config._compile_all_devices = True  # transformers' switch for compiling on a CPU
+        kwargs["compile_config"] = config
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    else:
+        kwargs["disable_compile"] = True
+    with torch.inference_mode():
+        out = model.generate(**inputs, **kwargs)
+    return out[:, -new_tokens:]
