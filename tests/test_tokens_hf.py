@@ -3,6 +3,8 @@ T5, BART, Marian, mBART and Whisper, whose decoders attend to the merged memory 
 
 Tiny random models (`families.zoo`, weights at std 0.15) so a wrong patch visibly changes outputs."""
 
+import copy
+
 import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutput
@@ -17,27 +19,33 @@ from slimformer.families import example_inputs, zoo
 TOL = 1e-5
 SEQ2SEQ = ["bart", "marian", "mbart", "t5", "whisper"]
 FAMILIES = ["distilbert", *SEQ2SEQ]
+EAGER = ["distilbert-eager", "bart-eager", "t5-eager", "whisper-eager", "pegasus"]
+
+
+EXTRA = {"mbart": "MBart", "pegasus": "Pegasus"}  # BART-shaped pre-LN layouts the zoo does not build
 
 
 def tiny(name):
-    if name != "mbart":
-        return zoo.tiny(name)
-    import transformers
+    """A zoo model (std 0.15 init); mBART / Pegasus from the zoo's BART sizes; "-eager": eager attention."""
+    name, _, attention = name.partition("-")
+    if name not in EXTRA:
+        model = zoo.tiny(name)
+    else:
+        import transformers
 
-    configs = zoo._configs
-
-    def with_mbart():
+        configs = zoo._configs
         bart = configs()["bart"]()[1].to_dict()
-        return {**configs(), "mbart": lambda: ("MBartForConditionalGeneration", transformers.MBartConfig(**{
-            k: bart[k] for k in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-                                 "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
-                                 "max_position_embeddings")}))}
-
-    zoo._configs = with_mbart
-    try:
-        return zoo.tiny("mbart")
-    finally:
-        zoo._configs = configs
+        fields = ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                  "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings")
+        config = getattr(transformers, f"{EXTRA[name]}Config")(**{k: bart[k] for k in fields})
+        zoo._configs = lambda: {**configs(), name: lambda: (f"{EXTRA[name]}ForConditionalGeneration", config)}
+        try:
+            model = zoo.tiny(name)
+        finally:
+            zoo._configs = configs
+    if attention:
+        model.set_attn_implementation(attention)
+    return model
 
 
 def inputs(model, batch=3, seq=16, padded=True, seed=1):
@@ -66,11 +74,7 @@ def same(a, b):
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
-def cosine(a, b):
-    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
-
-
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", FAMILIES + EAGER)
 def test_identity_settings_are_bit_identical_and_unpatch_restores(name):
     model = tiny(name)
     kw = inputs(model)
@@ -99,8 +103,10 @@ def expanded(memory, sizes):
     return out, mask
 
 
-@pytest.mark.parametrize("name", SEQ2SEQ)
-@pytest.mark.parametrize("recipe", ["tome:r=3", "token-prune:keep_rate=0.6", "tome:r=3,prop_attn=false"])
+@pytest.mark.parametrize(("name", "recipe"), [
+    *((n, "tome:r=3") for n in [*SEQ2SEQ, "t5-eager", "bart-eager"]),
+    *((n, "token-prune:keep_rate=0.6") for n in SEQ2SEQ),
+    ("bart", "tome:r=3,prop_attn=false"), ("whisper", "tome:r=3,prop_attn=false")])
 def test_decoder_reads_the_merged_memory_as_the_expanded_one(name, recipe):
     """Proportional attention: a merged key of size s with +log(s) counts exactly like s copies of it.
     The decoder of the reduced model (whether its forward runs the encoder or is handed the encoder's
@@ -149,28 +155,33 @@ def test_generate_decodes_the_merged_memory(name):
         assert torch.equal(g, w)
 
 
+def pooled(out, weights):
+    """The encoder output's mean over tokens, each weighted (real-token mask, or the token sizes)."""
+    e = out.get("encoder_last_hidden_state", out.get("last_hidden_state"))
+    return (e * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("recipe", ["tome:r=2", "token-prune:keep_rate=0.85"])
 def test_mild_reduction_stays_close_to_fp32(name, recipe):
-    """Encoder output: its size-weighted mean per row is close to the unreduced mean; decoder logits
-    finite and close."""
+    """Mild settings against the unreduced fp32 model: the size-weighted mean of the encoder output
+    (per row) and the decoder logits move less than 0.6 of how far another source input moves them
+    (measured: at most 0.35 / 0.48, T5 and Marian), and the logits stay finite."""
     model = tiny(name)
     kw = inputs(model)
-    ref = run(model, kw)
+    other = {**inputs(model, seed=7), **{k: v for k, v in kw.items() if k.startswith("decoder")}}
+    ref, base = run(model, kw), run(model, other)
     api.compress_model(model, recipe)
-    out = run(model, kw)
-    sizes = token_sizes(model)
-    enc_ref = ref.get("encoder_last_hidden_state", ref.get("last_hidden_state"))
-    enc = out.get("encoder_last_hidden_state", out.get("last_hidden_state"))
-    real = kw["attention_mask"].float() if "attention_mask" in kw else torch.ones(enc_ref.shape[:2])
-    mean_ref = (enc_ref * real[..., None]).sum(1) / real.sum(1, keepdim=True)
-    mean = (enc * sizes[..., None]).sum(1) / sizes.sum(1, keepdim=True)
+    out, sizes = run(model, kw), token_sizes(model)
+    real = kw["attention_mask"].float() if "attention_mask" in kw else torch.ones(sizes.shape[0], 32)
     assert torch.allclose(sizes.sum(1), real.sum(1))
-    for b in range(mean.shape[0]):
-        assert cosine(mean[b], mean_ref[b]) >= 0.97, (b, cosine(mean[b], mean_ref[b]))
+    p_ref, p_base, p_out = pooled(ref, real), pooled(base, real), pooled(out, sizes)
+    ratio = (p_out - p_ref).norm(dim=1) / (p_base - p_ref).norm(dim=1)
+    assert bool((ratio < 0.6).all()), ratio
     if "logits" in out:
         assert torch.isfinite(out["logits"]).all()
-        assert cosine(out["logits"], ref["logits"]) >= 0.9, cosine(out["logits"], ref["logits"])
+        ratio = (out["logits"] - ref["logits"]).norm() / (base["logits"] - ref["logits"]).norm()
+        assert ratio < 0.6, ratio
 
 
 @pytest.mark.parametrize("name", ["distilbert", "bart", "t5"])
@@ -247,6 +258,9 @@ def test_saved_model_dir_reloads_patched(tmp_path, name, recipe):
     loaded = io.load(tmp_path / name)
     assert type(loaded) is type(model) and token_sizes(loaded) is None
     assert same(run(loaded, kw), ref) and token_sizes(loaded) is not None
+    twin = copy.deepcopy(loaded)  # a copy carries its own patch
+    unpatch(loaded)
+    assert same(run(twin, kw), ref)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
