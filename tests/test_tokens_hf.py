@@ -277,3 +277,13 @@ def test_replaced_encoder_layers_are_refused():
     model.model.encoder.layers[1] = torch.nn.Identity()
     with pytest.raises(SlimformerError, match="Identity"):
         apply_tome(model, TomeOptions(r=2))
+
+
+def test_tuple_encoder_outputs_of_a_merged_memory_are_refused():
+    """A merged memory handed on as a bare tuple has lost its sizes: refused, naming the fix."""
+    model, _ = api.compress_model(tiny("bart"), "tome:r=3")
+    kw = inputs(model)
+    with torch.inference_mode():
+        enc = model.get_encoder()(**encoder_part(kw))
+        with pytest.raises(SlimformerError, match="token_sizes"):
+            model(**{**kw, "encoder_outputs": (enc.last_hidden_state,)})
