@@ -107,11 +107,12 @@ class Family:
                 raise SlimformerError(
                     f"{what}: {site.name} projects q, k and v with one fused layer ({site.qkv.name}); split by "
                     "output features a rank would get all of q and part of k instead of whole heads. Tensor "
-                    "parallel needs separate q/k/v projections; use `slimformer parallel pp` or ddp for it")
+                    "parallel needs separate q/k/v projections; use `slimformer parallel ddp` for it")
             if site.tables:
                 raise SlimformerError(
                     f"{what}: {site.name} adds a per-head table ({site.tables[0].name}) shared across layers; "
-                    "tensor parallel splits heads only where attention has no per-head tables")
+                    "tensor parallel splits heads only where attention has no per-head tables; use `slimformer "
+                    "parallel ddp` for it")
             if site.n_heads % degree:
                 raise SlimformerError(f"{what}: {site.name}: number of heads {site.n_heads} must be divisible by "
                                       f"the tensor-parallel degree {degree} (each rank owns whole heads)")

@@ -196,6 +196,11 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05) -> t
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def unwrap(parallel: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (FSDP2 shards the model in place: it is its own)."""
+    return parallel.module if isinstance(parallel, DistributedDataParallel) else parallel
+
+
 def wrap(model: nn.Module, spec: dict[str, Any], worker, probe: Batch | None = None) -> nn.Module:
     """DDP or FSDP over all ranks (`probe`: a batch the model takes, see `apply_ddp`)."""
     if worker.world == 1:
@@ -215,7 +220,7 @@ def save_checkpoint(out: Path, parallel: nn.Module, optimizer, scheduler, templa
     model_sd = get_model_state_dict(parallel, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # Optimizer state gathered by hand, parameter by parameter in model order (the same on every rank, as
     # a collective needs); in torch 2.13 `get_state_dict` mismatched collectives after a resume under FSDP.
-    unwrapped = parallel.module if isinstance(parallel, DistributedDataParallel) else parallel
+    unwrapped = unwrap(parallel)
     tensors, scalars = {}, {}
     for fqn, p in unwrapped.named_parameters():
         for key, value in sorted(optimizer.state.get(p, {}).items()):
@@ -252,7 +257,7 @@ def load_trainer_state(path: Path, parallel: nn.Module, optimizer, scheduler) ->
         state.setdefault(fqn, {})[name] = torch.tensor(value)
     # Placed by hand rather than with `set_optimizer_state_dict`: in torch 2.13 on CPU/gloo that left
     # FSDP's local optimizer shards uninitialized (NaN after the first step); this is exact for both.
-    unwrapped = parallel.module if isinstance(parallel, DistributedDataParallel) else parallel
+    unwrapped = unwrap(parallel)
     params = dict(unwrapped.named_parameters())
     missing = sorted(set(params) - set(state))
     if missing:

@@ -21,7 +21,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.pipelining import PipelineStage
-from torch.nn.parallel import DistributedDataParallel
 
 from .. import io
 from ..tasks.training import cosine_schedule
@@ -32,6 +31,7 @@ from .data import (
     make_optimizer,
     save_checkpoint,
     task_loss,
+    unwrap,
     wrap,
 )
 from .pipeline import SCHEDULES, Stage, build_stage, carried_state, sync_tied, tied_weights, validate_pp
@@ -242,8 +242,7 @@ def ddp_check_step(model: nn.Module, data, spec: dict[str, Any], worker, fsdp: b
     criterion = lambda out, target: task_loss(out, target)[0]  # noqa: E731
     for m, shard in ((parallel, mine), (reference, whole)):
         sgd_step(m, shard.to(worker.device), criterion)
-    unwrapped = parallel.module if isinstance(parallel, DistributedDataParallel) else parallel
-    diff, where = max_param_diff(unwrapped, reference)
+    diff, where = max_param_diff(unwrap(parallel), reference)
     return {"max_abs_diff_weights_after_step": diff, "worst_param": where}
 
 

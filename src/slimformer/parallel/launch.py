@@ -10,7 +10,9 @@ Workers live in their own sessions (torchrun starts them with `start_new_session
 kills torchrun's group *and* each worker pid it learned from the heartbeats: nothing outlives the job.
 
 A user with several machines passes torchrun's own flags (`--nnodes`, `--rdzv-endpoint`, ...) through
-`torchrun_args`; nothing here replaces torchrun's rendezvous or transport.
+`torchrun_args`; nothing here replaces torchrun's rendezvous or transport. The rendezvous (not
+`--node-rank`) decides which node runs global rank 0, whose result is the job's; the other nodes' launches
+end with a marker saying so.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ class JobFailed(SlimformerError):
 
 
 LOG_LINES = 40  # worker output kept with a failure
+
+
+def worker_lines(lines: list[str]) -> list[str]:
+    """The last lines the workers themselves printed (`[rankN]...`: their log format, and torch's prefix on
+    a worker's traceback), rather than torchrun's own report; all output if no worker line is there."""
+    own = [line for line in lines if line.startswith("[rank")]
+    return (own or lines)[-LOG_LINES:]
 
 
 @dataclass
@@ -150,10 +159,11 @@ def worker_error(lines: list[str], problem: str) -> str | None:
 
 
 def launch(job: str, spec: dict[str, Any], config: LaunchConfig) -> dict[str, Any]:
-    """Run `parallel.worker` under torchrun with `spec`; return rank 0's result dict.
+    """Run `parallel.worker` under torchrun with `spec`; return rank 0's result dict (on a node of a
+    multi-node job that ran other ranks: `{"remote": True, ...}`, see `read_result`).
 
-    Raises `JobFailed` naming the rank when a worker dies, hangs or raises; by then every process of
-    the job has ended.
+    Raises `JobFailed` naming the rank when a worker dies, hangs or raises, with the workers' last lines;
+    by then every process of the job has ended.
     """
     with tempfile.TemporaryDirectory(prefix="slimformer-parallel-") as tmp:
         run_dir = Path(tmp)
@@ -204,7 +214,7 @@ def launch(job: str, spec: dict[str, Any], config: LaunchConfig) -> dict[str, An
             msg = f"parallel job {job!r} failed after {elapsed:.1f} s: {problem}"
             if cause and not problem.startswith(cause):
                 msg += f" ({cause})"
-            raise JobFailed(msg, lines[-LOG_LINES:])
+            raise JobFailed(msg, worker_lines(lines))
         return read_result(job, run_dir, lines)
 
 
@@ -217,7 +227,7 @@ def read_result(job: str, run_dir: Path, lines: list[str]) -> dict[str, Any]:
     beats = read_beats(run_dir)
     if beats and 0 not in beats and all(b.get("done") for b in beats.values()):
         return {"job": job, "remote": True, "ranks": sorted(beats)}
-    raise JobFailed(f"parallel job {job!r} ended without a result (see the worker log)", lines[-LOG_LINES:])
+    raise JobFailed(f"parallel job {job!r} ended without a result (see the worker log)", worker_lines(lines))
 
 
 def watch(proc: subprocess.Popen, run_dir: Path, config: LaunchConfig, start: float,
