@@ -123,9 +123,11 @@ def verdict(base: dict, row: dict, max_drop: float = MAX_DROP) -> str:
 
 
 def quiet_torchao() -> None:
-    """torchao registers an Enum as a pytree constant at import, which torch now logs as deprecated on
-    every run; that line is torchao's business, not the demo reader's."""
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    """At import torchao registers Enums as pytree constants, which torch logs as deprecated, and warns
+    that its CUDA-only kernels (mxfp8, cutlass) do not load on this CPU build: library business, none of
+    it about the numbers the demo prints. Our own warnings still show."""
+    for name in ("torch.utils._pytree", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def run_demo(threads: int = 2, retrain: bool = False, search: bool = False) -> list[dict]:
