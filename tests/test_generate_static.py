@@ -181,3 +181,58 @@ def test_hf_static_cache_and_compiled_forward_equal_dynamic(name):
     before = compiled_graphs()
     assert torch.equal(hf_greedy(model, inputs, n, static=True, compiled="eager"), dynamic)
     assert compiled_graphs() - before == 1
+
+
+def test_int8_decode_kernels_match_fp32_and_keep_recipe_weights():
+    """Both int8 kernels compute the float Linear within int8 rounding; converting an `int8`-step
+    Linear keeps its int8 weights exactly."""
+    import logging
+
+    from slimformer.compress.int8_decode import DecodeInt8Linear, for_decoding
+    from slimformer.compress.quantize import Int8Linear
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    lin = torch.nn.Linear(64, 48)
+    torch.nn.init.normal_(lin.weight, std=0.2)
+    x = torch.randn(3, 5, 64)
+    lin.requires_grad_(False)
+    ref = lin(x)
+    for mode in ("int8x8", "weight-only", "auto"):
+        y = DecodeInt8Linear.from_float(lin, mode)(x)
+        assert y.shape == ref.shape
+        assert float((y - ref).abs().max() / ref.abs().max()) < 0.02, mode
+    holder = torch.nn.Sequential(Int8Linear.from_linear(lin, dynamic=True))
+    q = holder[0].weight.qdata.clone()
+    for_decoding(holder)
+    assert isinstance(holder[0], DecodeInt8Linear) and torch.equal(holder[0].weight_int8, q)
+    assert float((holder(x) - ref).abs().max() / ref.abs().max()) < 0.02
+
+
+def test_int8_decoding_static_equals_growing(setup):
+    """The int8 decode kernels are the same function on either cache (identical tokens)."""
+    import copy
+
+    from slimformer.compress.int8_decode import for_decoding
+
+    model, _, src = setup
+    int8 = for_decoding(copy.deepcopy(model))
+    assert greedy(int8, src, static=True) == greedy(int8, src)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["generate.py"])
+def test_benchmark_tiny_runs(tmp_path, script):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / script
+    spec = importlib.util.spec_from_file_location("bench_generate", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_generate"] = bench
+    spec.loader.exec_module(bench)
+    report = bench.main(["--tiny", "--out-dir", str(tmp_path)])
+    assert (tmp_path / "generate-tiny.json").exists() and (tmp_path / "generate-tiny.md").exists()
+    assert all(m["compiled_fp32_tokens_equal_hf_generate"] for m in report["models"].values())
+    assert {r["name"] for r in report["results"]} >= {"hf generate (dynamic cache)", "ctranslate2 int8",
+                                                     "slimformer int8 (static cache, compiled)"}

@@ -137,3 +137,67 @@ def ct2_greedy(translator, tok, sources: list[list[int]], max_new_tokens: int) -
     results = translator.translate_batch(tokens, beam_size=1, max_decoding_length=max_new_tokens,
                                          max_batch_size=0, return_scores=False)
     return [[tok.token_to_id(t) for t in r.hypotheses[0]] for r in results]
+
+
+class _SyntheticVocab:
+    """A vocabulary for a random-weight model that has no tokenizer: token i is "t{i}", except the
+    model's own special ids, which take the names CTranslate2's loaders look for."""
+
+    def __init__(self, size: int, specials: dict[int, str], bos: str, eos: str, unk: str):
+        self.tokens = [specials.get(i, f"t{i}") for i in range(size)]
+        self.bos_token, self.eos_token, self.unk_token = bos, eos, unk
+
+    def get_vocab(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    def convert_ids_to_tokens(self, i: int) -> str:
+        return self.tokens[i]
+
+
+def convert_hf(model: nn.Module, out: str | Path, quantization: str | None = "int8") -> tuple[Path, _SyntheticVocab]:
+    """A CTranslate2 model dir for a random-weight transformers GPT-2 or Marian model (CTranslate2's own
+    loaders; vocabulary synthetic, see `_SyntheticVocab`) and that vocabulary, for `ct2_generate`."""
+    import ctranslate2
+    from ctranslate2.converters.transformers import GPT2Loader, MarianMTLoader
+
+    c = model.config
+    if c.model_type == "gpt2":
+        end = "<|endoftext|>"
+        loader, vocab = GPT2Loader(), _SyntheticVocab(c.vocab_size, {c.eos_token_id: end}, end, end, end)
+    elif c.model_type == "marian":
+        loader = MarianMTLoader()
+        vocab = _SyntheticVocab(c.vocab_size, {c.eos_token_id: "</s>", c.pad_token_id: "<pad>"}, "</s>", "</s>", "</s>")
+    else:
+        raise SlimformerError(f"convert_hf takes gpt2 or marian models, got {c.model_type!r}")
+
+    class _Converter(ctranslate2.converters.Converter):
+        def _load(self):
+            return loader(model, vocab)
+
+    return Path(_Converter().convert(str(out), quantization=quantization, force=True)), vocab
+
+
+def ct2_generate(path: str | Path, vocab: _SyntheticVocab, kind: str, compute_type: str, threads: int = 2):
+    """A callable `ids [[int]] -> [[int]]` decoding greedily exactly `n` new tokens per row in
+    CTranslate2 (`kind` "gpt2": continue the prompt; "marian": translate the source)."""
+    import ctranslate2
+
+    def to_tokens(rows: list[list[int]]) -> list[list[str]]:
+        return [[vocab.tokens[i] for i in r] for r in rows]
+
+    ids = vocab.get_vocab()
+    if kind == "gpt2":
+        gen = ctranslate2.Generator(str(path), device="cpu", compute_type=compute_type, intra_threads=threads)
+
+        def run(rows: list[list[int]], n: int) -> list[list[int]]:
+            res = gen.generate_batch(to_tokens(rows), max_length=n, min_length=n, sampling_topk=1,
+                                     include_prompt_in_result=False)
+            return [[ids[t] for t in r.sequences[0]] for r in res]
+    else:
+        tr = ctranslate2.Translator(str(path), device="cpu", compute_type=compute_type, intra_threads=threads)
+
+        def run(rows: list[list[int]], n: int) -> list[list[int]]:
+            res = tr.translate_batch(to_tokens(rows), beam_size=1, max_decoding_length=n, min_decoding_length=n,
+                                     max_batch_size=0)
+            return [[ids[t] for t in r.hypotheses[0]] for r in res]
+    return run

@@ -85,8 +85,10 @@ class DecodeInt8Linear(nn.Module):
 def for_decoding(model: nn.Module, mode: str = "auto", skip: tuple[str, ...] = ()) -> nn.Module:
     """Swap, in place, every Linear for a `DecodeInt8Linear`: an `Int8Linear` of the `int8` /
     `int8-weight` steps keeps its int8 weights (static-scale ones are left alone: their calibrated
-    activation scales are part of the function); a float `nn.Linear` is quantized per row. A Linear
+    activation scales are part of the function); a float `nn.Linear` (or GPT-2's `Conv1D`, the same
+    map transposed) is quantized per row. A Linear
     whose weight is tied to an embedding (an output layer) is quantized too; the table stays float."""
+    from ..families.sites import conv1d_to_linear, is_conv1d
     from .quantize import Int8Linear
 
     for name, module in list(model.named_modules()):
@@ -94,8 +96,8 @@ def for_decoding(model: nn.Module, mode: str = "auto", skip: tuple[str, ...] = (
             continue
         if isinstance(module, Int8Linear) and not module.static:
             new = DecodeInt8Linear(module.weight.qdata, module.weight.scale, module.bias, mode)
-        elif type(module) is nn.Linear:
-            new = DecodeInt8Linear.from_float(module, mode)
+        elif type(module) is nn.Linear or is_conv1d(module):
+            new = DecodeInt8Linear.from_float(conv1d_to_linear(module) if is_conv1d(module) else module, mode)
         else:
             continue
         parent_name, _, child = name.rpartition(".")
