@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -132,7 +133,7 @@ def fmt(v: Any, spec: str) -> str:
 
 
 def write_markdown(path: Path, rows: list[dict], env: dict, notes: dict[str, str], checks: list[dict],
-                   picked: str) -> None:
+                   picked: str, load: dict[str, list[float]]) -> None:
     lines = ["# Peers: slimformer `fast` vs ONNX Runtime and OpenVINO", "",
              f"{features_line(env)}. torch {env['versions'].get('torch')}, onnxruntime "
              f"{env['versions'].get('onnxruntime')}, openvino {env['versions'].get('openvino')}, nncf "
@@ -143,7 +144,10 @@ def write_markdown(path: Path, rows: list[dict], env: dict, notes: dict[str, str
              "and running the variant; size is the saved artifact on disk. `ov-fp32` pins OpenVINO's "
              "inference precision to f32; `ov-bf16` and `ov-int8` use OpenVINO's default (bf16 for what is "
              "not int8, where the CPU has bf16). Static int8 rows (ours, ORT, NNCF) calibrate on the same "
-             "verses (`embedding.calibration`).", ""]
+             "verses (`embedding.calibration`).", "",
+             f"Load average (1, 5, 15 min) at the start {load['start']}, at the end {load['end']} on "
+             f"{env['cores']} cores: above the core count, other work shared the CPU and every row paid for it.",
+             ""]
     for config in dict.fromkeys(r["config"] for r in rows):
         part = [r for r in rows if r["config"] == config]
         fp32 = next(r for r in part if r["name"] == "fp32")
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("torch.utils._pytree", "torchao"):  # torchao's import-time deprecation and missing-kernel notes
         logging.getLogger(name).setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()
     if args.tiny:
         reference = tiny_bert()
         enc = random_batch(4, 16, seed=0)
@@ -210,10 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
     checks = [c for c in (acceptance(rows, n) for n in notes) if c]
     env = environment()
     args.out.mkdir(parents=True, exist_ok=True)
+    load = {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in os.getloadavg()]}
     doc = {"env": env, "results": rows, "acceptance": checks, "notes": notes, "fast": picked,
-           "seconds": round(time.perf_counter() - start, 1)}
+           "seconds": round(time.perf_counter() - start, 1), "load_average": load}
     atomic.write_text(args.out / "peers.json", json.dumps(doc, indent=2))
-    write_markdown(args.out / "peers.md", rows, env, notes, checks, picked)
+    write_markdown(args.out / "peers.md", rows, env, notes, checks, picked, load)
     for r in rows:
         print(f"{r['config']:<9} {r['name']:<16} p50 {r['latency_ms']['p50']:9.2f} ms  {r['metrics']}")
     print(f"wrote {args.out / 'peers.md'}")
