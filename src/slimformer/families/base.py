@@ -88,8 +88,9 @@ class Family:
         if self.kind == "decoder":
             return (f"{type(model).__name__} is a causal decoder: merging or dropping tokens would mix past "
                     "and future positions; use int8 / bf16 / pruning on it, or token reduction on an encoder")
-        return (f"token reduction has no patch for the {self.name} layout ({type(model).__name__}) yet; "
-                "it runs on the reference models and Hugging Face BERT-style encoders and ViTs")
+        return (f"token reduction has no patch for the {self.name} layout ({type(model).__name__}); it runs on "
+                "the encoders of the reference models and of the BERT, DistilBERT, ViT, T5, BART/Marian and Whisper "
+                "layouts")
 
     # ---- parallel
     def tp_plan(self, model: nn.Module, degree: int = 1) -> dict[str, str]:
