@@ -68,6 +68,18 @@ def test_translate_handles_bad_input_without_crashing(model_dir):
     assert T.translate(model, tok, ["", "東京 🙂", "And God said."], beam=2)[0] == ""
 
 
+def test_compiled_translation_equals_plain(model_dir, bible_pairs):
+    """Static cache + compiled step (dynamo-traced, eager backend), a short last batch filled up: the
+    same sentences as the growing cache, greedy and beam."""
+    from slimformer.data import bible
+
+    model, tok = io.load(model_dir), T.load_tokenizer(model_dir)
+    texts = [p.en for p in bible.split_pairs(bible_pairs)["test"][:7]]
+    assert T.translate(model, tok, texts, batch=4, compiled="eager") == T.translate(model, tok, texts, batch=4)
+    assert T.translate(model, tok, texts, beam=2, batch=4, compiled="eager") == T.translate(model, tok, texts,
+                                                                                           beam=2, batch=4)
+
+
 def test_wrong_model_or_tokenizer_is_a_clear_error(small):
     from slimformer.models import build_builtin
 

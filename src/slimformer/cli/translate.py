@@ -15,6 +15,8 @@ def translate(
     model: str = typer.Argument(..., help="translation model dir (from `slimformer train translation`)"),
     text: list[str] = typer.Argument(None, help="English text(s); '-' reads one sentence per line from stdin"),
     beam: int = typer.Option(1, min=1, max=64, help="beam size (1 = greedy)"),
+    compiled: bool = typer.Option(False, "--compile", help="decode on a static cache with the step compiled: "
+                                 "faster for many lines, after tens of seconds of compiling"),
 ) -> None:
     """Translate English text to Spanish, one output line per input.
 
@@ -23,6 +25,7 @@ def translate(
     bytes, so any input translates without an error (the output for them may be poor).
 
     Example: slimformer translate ~/.cache/slimformer/translation-s2s "In the beginning was the Word."
+    Example: slimformer translate --compile ~/.cache/slimformer/translation-s2s - < verses.txt
     """
     import logging
 
@@ -39,5 +42,6 @@ def translate(
     logging.getLogger("slimformer.tasks.translation").setLevel(logging.WARNING)
     net = io.load(model)
     tok = translation.load_tokenizer(model if Path(model).is_dir() else None)
-    for line in translation.translate(translation.check_tokenizer(net, tok), tok, texts, beam=beam):
+    for line in translation.translate(translation.check_tokenizer(net, tok), tok, texts, beam=beam,
+                                          compiled=compiled):
         typer.echo(line)

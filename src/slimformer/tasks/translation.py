@@ -105,10 +105,14 @@ def check_tokenizer(model: nn.Module, tok) -> Seq2Seq:
     return model
 
 
-def translate(model: Seq2Seq, tok, texts: list[str], beam: int = 1, batch: int = 32) -> list[str]:
+def translate(model: Seq2Seq, tok, texts: list[str], beam: int = 1, batch: int = 32,
+              compiled: bool | str = False) -> list[str]:
     """Translate `texts` (any length, any characters); empty texts give empty translations.
 
     Sources are sorted by length so each padded batch wastes little; the output keeps input order.
+    compiled=True decodes on the static cache with the step compiled (same tokens; pays off past a
+    few hundred sentences, as compiling takes tens of seconds): a short last batch is filled up with
+    copies of its first source, so one graph serves every batch.
     """
     check_tokenizer(model, tok)
     model.eval()
@@ -118,9 +122,13 @@ def translate(model: Seq2Seq, tok, texts: list[str], beam: int = 1, batch: int =
     order = sorted(range(len(todo)), key=lambda j: len(srcs[j]))
     for start in range(0, len(order), batch):
         chunk = order[start:start + batch]
-        src = pad_batch([srcs[j] for j in chunk], model.config.pad_id)
-        ids = greedy(model, src) if beam == 1 else beam_search(model, src, beam=beam)
-        for j, seq in zip(chunk, ids, strict=True):
+        rows = [srcs[j] for j in chunk]
+        if compiled and len(order) > batch:
+            rows += [rows[0]] * (batch - len(rows))
+        src = pad_batch(rows, model.config.pad_id)
+        ids = (greedy(model, src, static=compiled, compiled=compiled) if beam == 1
+               else beam_search(model, src, beam=beam, static=compiled, compiled=compiled))
+        for j, seq in zip(chunk, ids, strict=False):
             out[todo[j]] = tok.decode(seq, skip_special_tokens=True).strip()
     return out
 
