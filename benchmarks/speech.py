@@ -2,7 +2,8 @@
 
 Every system transcribes the same clips (the speech task's held-out verses spoken by espeak-ng, clean
 and at 10 dB SNR) with greedy decoding (`beam_size=1`, prompt without timestamps):
-- `hf-fp32`: the converted model in transformers (fp32, sdpa), our greedy loop on its KV cache;
+- `hf-fp32`: the converted model in transformers (fp32, sdpa): its decoder forward with its own KV cache,
+  driven by our greedy loop; `fp32-lean`: the same fp32 model through `whisper_decode.LeanDecoder`;
 - `ct2-float32`, `ct2-int8`: CTranslate2's own `models.Whisper` on the packaged model dir;
 - `faster-whisper-int8`: faster-whisper (CTranslate2 inside, its own feature extractor), no VAD, when
   installed (`pip install -e '.[speech-bench]'`);
@@ -50,8 +51,8 @@ def state_mb(model: torch.nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
 
 
-def ours(model: torch.nn.Module, batch: int, max_length: int | None) -> Transcriber:
-    return lambda audios: speech.transcribe(model, audios, batch=batch, max_length=max_length)
+def ours(model: torch.nn.Module, batch: int, max_length: int | None, lean: bool = True) -> Transcriber:
+    return lambda audios: speech.transcribe(model, audios, batch=batch, max_length=max_length, lean=lean)
 
 
 def ct2_system(model_dir: Path, compute_type: str, threads: int, batch: int, max_length: int) -> Transcriber:
@@ -178,15 +179,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         max_length, timed = 448, clean[:args.timing_clips]
     noisy = data.noisy(clean)
     packaged_mb = round((model_dir / "model.bin").stat().st_size / 2**20, 1)
-    systems: dict[str, Transcriber] = {"hf-fp32": ours(model, args.wer_batch, max_length)}
-    sizes: dict[str, Any] = {"hf-fp32": round(state_mb(model), 1)}
+    systems: dict[str, Transcriber] = {"hf-fp32": ours(model, args.wer_batch, max_length, lean=False),
+                                       "fp32-lean": ours(model, args.wer_batch, max_length)}
+    sizes: dict[str, Any] = {"hf-fp32": round(state_mb(model), 1), "fp32-lean": round(state_mb(model), 1)}
     for ct in ("float32", "int8"):
         systems[f"ct2-{ct}"] = ct2_system(model_dir, ct, args.threads, args.wer_batch, max_length)
         sizes[f"ct2-{ct}"] = f"{packaged_mb} (fp16 file)"
     fw = faster_whisper_system(model_dir, args.threads, max_length)
     if fw is not None:
         systems["faster-whisper-int8"], sizes["faster-whisper-int8"] = fw, f"{packaged_mb} (fp16 file)"
-    models = {"hf-fp32": model}
+    models = {"fp32-lean": model}
     for recipe in args.recipe or RECIPES:
         small, _ = compress_model(whisper_ct2.to_hf(whisper_ct2.from_hf(model)) if args.tiny else io.load(
             "whisper-tiny-en"), recipe, task=None)
@@ -200,12 +202,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     batch1 = {n: (lambda audios, r=r: r(audios)) for n, r in systems.items()}
     for name, m in models.items():  # batch 1 for the timing pass (same transcripts, one clip per call)
         batch1[name] = ours(m, 1, max_length)
+    batch1["hf-fp32"] = ours(model, 1, max_length, lean=False)
     times = time_round_robin(batch1, timed)
     audio_s = sum(c.seconds for c in timed)
     results = []
     for name in systems:
         t = times[name]
-        results.append({"name": name, "recipe": name if name in models and name != "hf-fp32" else "",
+        results.append({"name": name, "recipe": name if name in models and name != "fp32-lean" else "",
                         "metrics": metrics[name], "seconds_mean": round(statistics.mean(t), 4),
                         "seconds_p50": round(statistics.median(t), 4), "rtf": round(sum(t) / audio_s, 5),
                         "size_mb": sizes[name], "timed_calls": len(t)})

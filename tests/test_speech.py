@@ -178,3 +178,16 @@ def test_speech_benchmark_tiny_smoke(tmp_path):
     assert all(r["seconds_mean"] > 0 and r["metrics"]["wer_clean"] >= 0 for r in rows)
     doc = json.loads((tmp_path / "speech.json").read_text())
     assert doc["env"]["cpu_features"] and "| ct2-int8 |" in (tmp_path / "speech.md").read_text()
+
+
+def test_lean_decoder_matches_the_transformers_forward():
+    """The lean greedy loop gives the same tokens as transformers' own decoder + cache, also when rows
+    finish at different steps (end-of-text set to a token only row 0 emits, so that row leaves early)."""
+    model = tiny_whisper(positions=40, std=0.5)  # std 0.5: varied tokens, not one repeated
+    feats = speech.features([_speechlike(1.0, 1), _speechlike(2.0, 2), _speechlike(0.5, 3)])
+    ref = speech.greedy(model, feats, lean=False)
+    assert speech.greedy(model, feats) == ref and all(len(t) == 38 for t in ref)
+    model.config.eos_token_id = next(t for t in ref[0][3:] if t not in ref[1] + ref[2])
+    ref = speech.greedy(model, feats, lean=False)
+    assert speech.greedy(model, feats) == ref
+    assert len(ref[0]) < 38 and len(ref[1]) == 38, [len(t) for t in ref]

@@ -97,24 +97,41 @@ def prompt(model: nn.Module) -> list[int]:
 
 
 @torch.inference_mode()
-def greedy(model: nn.Module, feats: Tensor, max_length: int | None = None) -> list[list[int]]:
-    """Greedy token ids (prompt and end-of-text removed) for log-mel features `[B, 80, frames]`."""
+def greedy(model: nn.Module, feats: Tensor, max_length: int | None = None, lean: bool = True) -> list[list[int]]:
+    """Greedy token ids (prompt and end-of-text removed) for log-mel features `[B, 80, frames]`.
+
+    lean: decode with `whisper_decode.LeanDecoder` (same modules, own KV buffers); False runs the
+    transformers decoder forward with its cache, the reference the lean loop must match.
+    """
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    from ..models.whisper_decode import LeanDecoder
 
     cfg = model.config
     max_length = max_length or cfg.max_target_positions
     memory = model.model.encoder(input_features=feats).last_hidden_state
     always, begin = _suppress_masks(model)
     batch = feats.shape[0]
-    tokens = torch.tensor([prompt(model)] * batch)
-    cache_ = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    step_input = torch.tensor([prompt(model)] * batch)
+    if lean:
+        state = LeanDecoder(model, memory, max_length)
+        forward, select = state.step, state.select
+    else:
+        hf_cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        kept = {"memory": memory}
+
+        def forward(ids: Tensor) -> Tensor:
+            hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=kept["memory"], cache=hf_cache,
+                                         use_cache=True).last_hidden_state
+            return model.proj_out(hidden[:, -1]).float()
+
+        def select(rows: Tensor) -> None:
+            kept["memory"] = kept["memory"][rows]
+            hf_cache.reorder_cache(rows)
     out: list[list[int]] = [[] for _ in range(batch)]
     rows = torch.arange(batch)
-    step_input = tokens
-    for step in range(max_length - tokens.shape[1]):
-        hidden = model.model.decoder(input_ids=step_input, encoder_hidden_states=memory, cache=cache_,
-                                     use_cache=True).last_hidden_state
-        logits = model.proj_out(hidden[:, -1]).float()
+    for step in range(max_length - step_input.shape[1]):
+        logits = forward(step_input)
         logits[:, begin if step == 0 else always] = -torch.inf
         nxt = logits.argmax(-1)
         done = nxt == cfg.eos_token_id
@@ -125,8 +142,8 @@ def greedy(model: nn.Module, feats: Tensor, max_length: int | None = None) -> li
             break
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
-            rows, nxt, memory = rows[keep], nxt[keep], memory[keep]
-            cache_.reorder_cache(keep)
+            rows, nxt = rows[keep], nxt[keep]
+            select(keep)
         step_input = nxt[:, None]
     return out
 
@@ -136,12 +153,12 @@ def decode(ids: Sequence[Sequence[int]]) -> list[str]:
 
 
 def transcribe(model: nn.Module, audios: Sequence[np.ndarray], batch: int = BATCH,
-               max_length: int | None = None) -> list[str]:
+               max_length: int | None = None, lean: bool = True) -> list[str]:
     """One transcript per 16 kHz mono clip (<= 30 s each), greedy, in batches of `batch`."""
     model.eval()
     texts: list[str] = []
     for i in range(0, len(audios), batch):
-        texts += decode(greedy(model, features(audios[i:i + batch]), max_length))
+        texts += decode(greedy(model, features(audios[i:i + batch]), max_length, lean))
     return texts
 
 
