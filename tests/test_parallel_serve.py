@@ -96,6 +96,7 @@ def test_compressed_models_refused_where_the_split_cannot_work(monkeypatch, tmp_
 
     monkeypatch.setattr(launch_module, "launch", lambda *a, **k: pytest.fail("a process was started"))
     for recipe, command, message in (("tome:r=4", "pp", "token-reduced"), ("int8", "tp", "quantized or bf16")):
-        out = api.compress("vit-tiny", recipe, tmp_path / recipe.split(":")[0])
+        out = tmp_path / recipe.split(":")[0]
+        api.compress("vit-tiny", recipe, out=out)
         result = CliRunner().invoke(app, ["parallel", command, "--nproc", "2", str(out)])
         assert isinstance(result.exception, SlimformerError) and message in str(result.exception), result.output

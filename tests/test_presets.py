@@ -68,6 +68,7 @@ def test_compress_records_the_concrete_recipe(tmp_path, flags):
     from slimformer import api, io
 
     flags(VNNI)
-    out = api.compress("vit-tiny", "small", tmp_path / "small")
+    out = tmp_path / "small"
+    api.compress("vit-tiny", "small", out=out)
     assert [e["step"] for e in io.read_meta(out)["recipe"]] == ["int8"]
     assert "small" not in (out / io.META).read_text()

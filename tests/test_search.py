@@ -12,18 +12,18 @@ from slimformer.search import Candidate, SearchConfig, beam_front, family_grid, 
 
 def test_grids_are_valid_recipes_mild_to_aggressive():
     steps = all_steps()
-    for name, step in steps.items():
-        for recipe in family_grid(name, step.options, tokens=65):
+    for step in steps.values():
+        for recipe in family_grid(step, tokens=65):
             parse_recipe(recipe)  # every generated setting validates
-    tome = family_grid("tome", steps["tome"].options, tokens=65)
+    tome = family_grid(steps["tome"], tokens=65)
     rs = [int(r.split("=")[1]) for r in tome]
     assert rs == sorted(rs) and len(rs) >= 3
     # text: the share of each row kept, mild to aggressive, each a valid recipe
-    text = family_grid("tome", steps["tome"].options, tokens=128, text=True)
+    text = family_grid(steps["tome"], tokens=128, text=True)
     ratios = [float(r.split("keep_ratio=")[1]) for r in text]
     assert ratios == sorted(ratios, reverse=True) and len(ratios) >= 3 and ratios[0] < 1
     assert all(r.startswith("tome:schedule=keep,") for r in text)
-    for recipe in text + family_grid("int8", steps["int8"].options, tokens=128, text=True):
+    for recipe in text + family_grid(steps["int8"], tokens=128, text=True):
         parse_recipe(recipe)
 
 
@@ -111,6 +111,6 @@ def test_budget_leaves_room_for_the_longest_candidate(tmp_path):
 
 def test_flags_and_static_int8_are_in_the_space():
     steps = all_steps()
-    assert family_grid("bf16-attention", steps["bf16-attention"].options, tokens=65) == ["bf16-attention"]
-    assert "int8:activations=static,compile=true" in family_grid("int8", steps["int8"].options, tokens=65)
+    assert family_grid(steps["bf16-attention"], tokens=65) == ["bf16-attention"]
+    assert "int8:activations=static,compile=true" in family_grid(steps["int8"], tokens=65)
     assert join(["int8:compile=true", "bf16-attention", "tome:r=2"]) == "tome:r=2+bf16-attention+int8:compile=true"

@@ -74,15 +74,35 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def recorded_recipe(model: nn.Module, recipe: list[dict] | None) -> list[dict]:
+    """The recipe to save: the one given, else the model's own record; refuses a model whose changes
+    no record explains."""
+    from .compress.steps import detected_steps
+
+    if recipe is None:
+        recipe = list(getattr(model, "_slimformer_recipe", None) or [])
+    recorded = {e.get("step") for e in recipe if isinstance(e, dict)}
+    missing = [name for name in detected_steps(model) if name not in recorded]
+    if missing:
+        raise SlimformerError(f"model carries step(s) {', '.join(missing)} that its recipe record does not list; "
+                              "compress it with slimformer.compress_ / compress (which record the recipe) or "
+                              "pass recipe= to save_model")
+    return recipe
+
+
 def save_model(model: nn.Module, out: str | Path, recipe: list[dict] | None = None,
                extra: dict[str, Any] | None = None, files: dict[str, bytes | Path] | None = None) -> Path:
     """Write `model` as a model dir at `out`, atomically.
 
-    recipe: the applied steps (`[{"step", "options", "state"}]`), replayed by `load_model`.
+    recipe: the applied steps (`[{"step", "options", "state"}]`), replayed by `load_model`; by default
+    the record the model carries (`compress_` / `compress` put it there). A model that visibly carries a
+    step's change (patched forward, swapped modules) but no record is refused: it would load back
+    uncompressed, or not at all.
     extra: more JSON metadata (e.g. the task and its preprocessing).
     files: more files to place in the dir (e.g. a tokenizer), as bytes or a path to copy.
     """
     out = Path(out)
+    recipe = recorded_recipe(model, recipe)
     if out.exists() and not (out.is_dir() and ((out / META).is_file() or not any(out.iterdir()))):
         raise SlimformerError(f"{out}: exists and is not a slimformer model dir; refusing to replace it "
                               "(saving swaps the whole dir): choose a new path")
@@ -212,6 +232,7 @@ def load_model_dir(path: str | Path) -> nn.Module:
             raise SlimformerError(f"{path / META}: alias {alias!r} points to missing tensor {target!r}")
         tensors[alias] = tensors[target]
     load_state_checked(model, tensors, str(path / WEIGHTS))
+    model._slimformer_recipe = meta["recipe"]  # saving it again keeps its record (and its patches)
     return model.eval()
 
 

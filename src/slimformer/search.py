@@ -1,26 +1,26 @@
 """`slimformer search`: the fastest recipe whose task metric stays within a budget of fp32.
 
-The space is every registered step family with a knob swept from mild to aggressive (token merge
-r for images, or for text the share of each row kept; token-prune ratio, head/FFN pruning ratios,
-low-rank energy; int8, bf16 as switches, int8 also with calibrated activation scales; bf16-attention
-as a flag that joins them). It is explored cheapest-first and pruned where
-monotonicity says nothing better can follow:
+The space comes from the registry: every step says its role and knob (compress/registry.py), and this
+module knows no step by name. Structural and token steps sweep their knob from mild to aggressive (a
+token knob may be a share of the token count, or for text the share of each row kept); precision steps
+are switches, tried as they are, compiled, and with calibrated activation scales where they offer them;
+flags join the others. The space is explored cheapest-first and pruned where monotonicity says nothing
+better can follow:
 
-1. Singles: each family alone, mild to aggressive. The metric is computed before latency (it is
-   what usually rules a candidate out); a family stops at the first setting over budget, or when a
-   more aggressive setting is no faster (the rest of that branch is dominated). A structural step
-   that breaks the budget gets one try with distillation after it, where the task can train.
-   Stage 1 gets SINGLES_SHARE of the exploring budget, so combinations always get the rest.
-   Token steps (tome, token-prune), flags and precision switches pass on every setting inside the budget,
+1. Singles: each step alone, mild to aggressive, in the steps' priority order. The metric is computed
+   before latency (it is what usually rules a candidate out); a step stops at the first setting over
+   budget, or when a more aggressive setting is no faster (the rest of that branch is dominated). A
+   structural step that breaks the budget gets one try with the recovery step (distillation) after it,
+   where the task can train. Stage 1 gets SINGLES_SHARE of the exploring budget, so combinations always
+   get the rest. Token steps, flags and precision switches pass on every setting inside the budget,
    whatever their speed alone: on a small model token bookkeeping costs more than it saves in eager
    mode, not compiled, and compiling pays most once pruning has made the model small.
-2. Combinations: families in order of their best single speedup (token steps last, so they join
-   states that already hold a compiled precision step) extend a small beam of recipes
-   kept on the (latency, drop) Pareto front; each extension tries that family's feasible settings
-   from the most aggressive down and keeps the first two that fit the budget. The precision
-   switches (a recipe holds one) form one group here, tried fastest first. Combinations whose
-   estimated latency (product of single-step ratios) gains nothing are never built (token steps are
-   always built and measured, and so are flags).
+2. Combinations: steps in order of their best single speedup (token steps last, so they join states
+   that already hold a compiled precision step) extend a small beam of recipes kept on the (latency,
+   drop) Pareto front; each extension tries that step's feasible settings from the most aggressive down
+   and keeps the first two that fit the budget. The precision switches (a recipe holds one) form one
+   group here, tried fastest first. Combinations whose estimated latency (product of single-step
+   ratios) gains nothing are never built (token steps and flags are always built and measured).
 3. Final: the front, the fastest few candidates inside the budget (exploring timed each one only
    briefly), fp32 and the external baselines are measured together by the bench runner
    (interleaved, same inputs, peak memory per fresh process) and the best recipe is written as YAML
@@ -50,6 +50,7 @@ from .api import compress_model, recipe_of
 from .bench.inputs import example_inputs
 from .bench.timing import interleaved, measure
 from .compress.recipe import parse_recipe
+from .compress.registry import Knob, Step
 from .compress.steps import all_steps
 from .errors import SlimformerError
 from .families import family_of
@@ -57,36 +58,8 @@ from .tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
 
-# step -> (option, values from mild to aggressive). A value list given as fractions of the token count
-# is marked "tokens". Steps without a knob are switches. Unknown steps or options are skipped.
-RATIOS = [0.125, 0.25, 0.375, 0.5, 0.625]
-KNOBS: dict[str, list[tuple[str, Any]]] = {
-    "tome": [("r", "tokens")],
-    "token-prune": [("keep_rate", [0.9, 0.8, 0.7, 0.6, 0.5])],
-    "prune-layers": [("ratio", [0.25, 0.5])],
-    "prune-heads": [("ratio", [0.167, 0.333, 0.5])],
-    "prune-ffn": [("ratio", RATIOS)],
-    "lowrank": [("energy", [0.995, 0.99, 0.98, 0.95, 0.9])],
-}
-# Text rows vary in length: a constant r takes a large share of a short sentence and little of a long
-# one (on MiniLM, r=2 costs mean cosine 0.034 on ~30-token verses but 0.001 on 128-token passages).
-# For text models ToMe is swept by the share of every row it keeps instead (schedule=keep).
-TEXT_KNOBS: dict[str, list[tuple[str, Any]]] = {
-    "tome": [("keep_ratio", [0.9, 0.8, 0.75, 0.7, 0.6, 0.5])],
-}
-KNOB_PRESETS = {"keep_ratio": "schedule=keep,"}  # options a knob needs set beside it
-SWITCHES = ("int8", "bf16", "int8-weight")
-PRECISION = "precision"  # the switches' combined group in stage 2
-# Steps without a knob that combine with a precision switch rather than replace it: tried as they are.
-FLAGS = ("bf16-attention",)
-STRUCTURAL = ("prune-layers", "prune-heads", "prune-ffn", "lowrank")
-# Token steps are judged by accuracy alone in stage 1: in eager mode their merge bookkeeping can cost a
-# small model more than the tokens save, while under a compiled precision step it fuses away. Their
-# speed is measured where it counts, in combinations (stage 2), never estimated from eager singles.
-TOKEN_STEPS = ("tome", "token-prune")
-# Canonical order of steps inside a recipe (structure on float weights, tokens, distill, precision last).
-ORDER = ("prune-layers", "prune-heads", "prune-ffn", "lowrank", "tome", "token-prune", "distill", "bf16-attention",
-         "int8", "int8-weight", "bf16")
+PRECISION = "precision"  # the precision steps' combined group in stage 2 (a recipe holds one)
+EXPLORED = ("structural", "tokens", "precision", "flag")  # roles the search sweeps (see compress/registry.py)
 
 
 @dataclass
@@ -133,62 +106,47 @@ class Outcome:
 
 
 def join(parts: list[str]) -> str:
-    """Steps joined in canonical order (one per step name)."""
+    """Steps joined in their canonical order (`Step.order`: structure on float weights, tokens, recovery,
+    precision last), one per step name."""
     by_name = {p.split(":")[0]: p for p in parts if p}
-    return "+".join(by_name[n] for n in sorted(by_name, key=lambda n: ORDER.index(n) if n in ORDER else 99))
-
-
-# Families explored first when time is short: cheap to apply and usually the biggest win.
-PRIORITY = ("int8", "bf16-attention", "tome", "token-prune", "bf16", "prune-layers", "lowrank", "prune-ffn",
-            "prune-heads", "int8-weight")
-
-
-def priority(name: str) -> int:
-    return PRIORITY.index(name) if name in PRIORITY else len(PRIORITY)
+    steps = all_steps()
+    return "+".join(by_name[n] for n in sorted(by_name, key=lambda n: steps[n].order if n in steps else 99))
 
 
 # Share of the exploring budget stage 1 may use: the best recipes are usually combinations, so a long
 # tail of single settings must not leave stage 2 nothing.
 SINGLES_SHARE = 0.5
 
-IDENTITY = {"r": 0, "ratio": 0.0, "keep_rate": 1.0, "energy": 1.0, "keep_ratio": 1.0}  # knobs' "do nothing"
+
+def knob_of(step: Step, text: bool = False) -> Knob | None:
+    """The knob the search sweeps for `step` (the text one for variable-length text, where it has one)."""
+    return step.text_knob if text and step.text_knob is not None else step.knob
 
 
-def setting(name: str, opt: str, value: Any) -> str:
-    """The inline recipe step for one knob value, e.g. `tome:schedule=keep,keep_ratio=0.8`."""
-    return f"{name}:{KNOB_PRESETS.get(opt, '')}{opt}={value}"
+def setting(step: Step, knob: Knob, value: Any) -> str:
+    """The inline recipe step for one knob value: `name:presets,option=value`."""
+    return f"{step.name}:{knob.presets + ',' if knob.presets else ''}{knob.option}={value}"
 
 
-def family_knob(name: str, options: type, tokens: int, text: bool = False) -> tuple[str, list] | None:
-    """(option, values mild to aggressive) of one step; None for a switch or a step without a known knob.
-    `text`: the model takes variable-length text (TEXT_KNOBS apply)."""
-    fields = {f.name for f in dataclasses.fields(options)}
-    for opt, values in (TEXT_KNOBS.get(name) if text and name in TEXT_KNOBS else KNOBS.get(name, [])):
-        if opt in fields:
-            if values == "tokens":
-                values = sorted({max(1, round(tokens * f)) for f in (0.04, 0.08, 0.12, 0.16, 0.2)})
-            return opt, list(values)
-    return None
+def family_grid(step: Step, tokens: int, text: bool = False) -> list[str]:
+    """The inline settings of one step, mild to aggressive ([name] for a flag; [] for a step the search
+    leaves out). `text`: the model takes variable-length text (the step's text knob applies)."""
+    if step.role == "precision":
+        return switch_grid(step)
+    if step.role == "flag":
+        return [step.name]
+    knob = knob_of(step, text)
+    return [setting(step, knob, v) for v in knob.grid(tokens)] if knob and step.role in EXPLORED else []
 
 
-def family_grid(name: str, options: type, tokens: int, text: bool = False) -> list[str]:
-    """The inline settings of one step, mild to aggressive ([name] for a switch; [] if no known knob)."""
-    if name in SWITCHES:
-        return switch_grid(name, options)
-    if name in FLAGS:
-        return [name]
-    knob = family_knob(name, options, tokens, text)
-    return [setting(name, knob[0], v) for v in knob[1]] if knob else []
-
-
-def switch_grid(name: str, options: type) -> list[str]:
+def switch_grid(step: Step) -> list[str]:
     """A precision step as is, then compiled where it offers that (fuses the dequantize work), then
     compiled with calibrated activation scales where it offers those (quantizing fuses away too)."""
-    fields = {f.name for f in dataclasses.fields(options)}
+    fields = {f.name for f in dataclasses.fields(step.options)}
     if "compile" not in fields:
-        return [name]
-    return [name, f"{name}:compile=true"] + ([f"{name}:activations=static,compile=true"]
-                                             if "activations" in fields else [])
+        return [step.name]
+    return [step.name, f"{step.name}:compile=true"] + ([f"{step.name}:activations=static,compile=true"]
+                                                       if "activations" in fields else [])
 
 
 def midpoint(opt: str, lo: Any, hi: Any) -> Any | None:
@@ -221,7 +179,10 @@ class Search:
         unknown = sorted(set(cfg.steps or []) - set(registered))
         if unknown:
             raise SlimformerError(f"--steps: unknown {', '.join(unknown)}; steps: {', '.join(sorted(registered))}")
-        self.steps = {n: s for n, s in registered.items() if cfg.steps is None or n in cfg.steps}
+        self.steps = {n: s for n, s in registered.items() if (cfg.steps is None or n in cfg.steps)
+                      and s.role in EXPLORED}
+        # the step that trains a structural setting back toward fp32 when it misses the budget
+        self.recovery = next((n for n, s in registered.items() if s.role == "recovery"), None)
         self.evaluated = 0  # candidates computed in this process (not served from the cache)
         self.loaded: set[str] = set()   # recipes in the cache an earlier run left
         self.resumed: set[str] = set()  # of those, the ones this run asked for
@@ -327,37 +288,41 @@ class Search:
 
     # ---- the search -----------------------------------------------------------------------------
     def can_distill(self) -> bool:
-        """Distillation needs data: the task's training set, or at least its calibration inputs."""
+        """The recovery step needs data: the task's training set, or at least its calibration inputs."""
         has_data = hasattr(self.task, "training_data") or hasattr(self.task, "calibration")
-        return self.cfg.distill and "distill" in all_steps() and has_data
+        return self.cfg.distill and self.recovery is not None and has_data
+
+    def role(self, name: str) -> str | None:
+        """The role of a step (or of the precision group) in this search."""
+        return "precision" if name == PRECISION else self.steps[name].role
 
     def singles(self, tick) -> dict[str, list[Candidate]]:
         """Stage 1: each family alone, mild to aggressive, stopping dominated branches. The first
         setting over budget gets one rescue: distillation (structural steps) or else the halfway
         setting, so a coarse grid does not miss a mild setting that fits."""
         feasible: dict[str, list[Candidate]] = {}
-        for name, step in sorted(self.steps.items(), key=lambda kv: priority(kv[0])):
-            knob = family_knob(name, step.options, self.tokens, self.text)  # None for switches and flags
-            values = knob[1] if knob else family_grid(name, step.options, self.tokens, self.text)
+        for name, step in sorted(self.steps.items(), key=lambda kv: kv[1].priority):
+            knob = knob_of(step, self.text) if step.role in ("structural", "tokens") else None
+            values = knob.grid(self.tokens) if knob else family_grid(step, self.tokens, self.text)
             kept: list[Candidate] = []
             distilled = False
 
-            def recipe_for(value: Any, distilled: bool, name: str = name, knob=knob) -> str:
-                part = value if knob is None else setting(name, knob[0], value)
-                return join([part, "distill"] if distilled else [part])
+            def recipe_for(value: Any, distilled: bool, step: Step = step, knob=knob) -> str:
+                part = value if knob is None else setting(step, knob, value)
+                return join([part, self.recovery] if distilled else [part])
 
-            last_ok = IDENTITY.get(knob[0]) if knob else None
+            last_ok = knob.identity if knob else None
             for value in values:
                 if self.over_budget(SINGLES_SHARE):
                     break
                 c = self.evaluate(recipe_for(value, distilled))
                 tick(c)
-                if not c.ok and not c.error and name in STRUCTURAL and self.can_distill() and not distilled:
+                if not c.ok and not c.error and step.role == "structural" and self.can_distill() and not distilled:
                     distilled = True  # rescue this setting (and go on from it) with distillation
                     c = self.evaluate(recipe_for(value, distilled))
                     tick(c)
                 if not c.ok and not c.error and knob and last_ok is not None:
-                    mid = midpoint(knob[0], last_ok, value)
+                    mid = midpoint(knob.option, last_ok, value)
                     if mid is not None:
                         c2 = self.evaluate(recipe_for(mid, distilled))
                         tick(c2)
@@ -366,7 +331,7 @@ class Search:
                 if not c.ok:
                     break
                 last_ok = value
-                if name in TOKEN_STEPS + SWITCHES + FLAGS:
+                if step.role in ("tokens", "precision", "flag"):
                     # every setting inside the budget goes on to stage 2: a token step's cost and a
                     # compiled switch's gain depend on what the other steps leave (compiling pays most
                     # on a model that pruning has made small and overhead-bound)
@@ -385,12 +350,12 @@ class Search:
         precision switches (a recipe holds one) join as one group, slowest to fastest, so every beam
         state gets the best of all of them rather than only of the family that happened to come first."""
         singles = dict(singles)
-        precision = [c for n in SWITCHES if n in singles for c in singles.pop(n)]
+        precision = [c for n in [n for n in singles if self.role(n) == "precision"] for c in singles.pop(n)]
         if precision:
             singles[PRECISION] = sorted(precision, key=lambda c: -c.latency_ms)
         speed = {n: self.base_ms / min(c.latency_ms for c in cs) for n, cs in singles.items()}
         # flags, then token steps, join last: what they save shows once a compiled precision step is there
-        order = sorted(singles, key=lambda n: (n in TOKEN_STEPS, n in FLAGS, -speed[n]))
+        order = sorted(singles, key=lambda n: (self.role(n) == "tokens", self.role(n) == "flag", -speed[n]))
         base = Candidate("", self.base_metric, 0.0, self.base_ms, True)
         beam, seen = [base], {}
         for name in order:
@@ -409,7 +374,7 @@ class Search:
                     except SlimformerError:
                         break  # this family cannot follow the state (order / family rule)
                     estimate = state.latency_ms * single.latency_ms / self.base_ms
-                    if name not in TOKEN_STEPS + FLAGS and estimate > state.latency_ms * 0.97:
+                    if self.role(name) not in ("tokens", "flag") and estimate > state.latency_ms * 0.97:
                         continue  # no gain expected: do not build it
                     c = seen.get(recipe) or self.evaluate(recipe)
                     seen[recipe] = c
@@ -433,8 +398,7 @@ class Search:
         if self.console:
             self.console.log(f"fp32: {self.metric_name} {self.base_metric:.4f}, {self.base_ms:.1f} ms/batch "
                              f"(batch {self.batch}, {self.cfg.threads} threads); budget: drop <= {self.cfg.max_drop}")
-        total = sum(len(family_grid(n, s.options, self.tokens, self.text))
-                    for n, s in self.steps.items())
+        total = sum(len(family_grid(s, self.tokens, self.text)) for s in self.steps.values())
         with progress_bar() as bar:
             job = bar.add_task("search", total=total * 2, info="")
 

@@ -27,7 +27,8 @@ def compress(
     """
     from .. import api, io
 
-    path = api.compress(model, recipe, out, task=task)
+    api.compress(model, recipe, out=out, task=task)
+    path = out
     meta = io.read_meta(path)
     steps = " + ".join(entry["step"] for entry in meta["recipe"]) or "(none)"
     console.print(f"saved {path}  recipe: {steps}  size {meta['size_mb']:.2f} MB  "

@@ -58,7 +58,8 @@ def serve(
     with tempfile.TemporaryDirectory(prefix="slimformer-serve-") as tmp:
         ref = model
         if recipe:
-            ref = str(api.compress(model, recipe, Path(tmp) / (Path(model).name or "model"), task=task))
+            ref = str(Path(tmp) / (Path(model).name or "model"))
+            api.compress(model, recipe, out=ref, task=task)
             options.recipe = api.recipe_of(ref)
             options.name = options.name or Path(model).name
         else:

@@ -115,4 +115,6 @@ def _restore(model: nn.Module, opts: Bf16AttentionOptions, state: dict) -> nn.Mo
 
 register(Step("bf16-attention", Bf16AttentionOptions, _apply,
               "attention scores, softmax and weighted values in bfloat16 (projections keep their precision)",
-              restore=_restore))
+              restore=_restore, role="flag", order=80, priority=1,
+              detect=lambda m: any(getattr(x, "kernel", None) is bf16_attention for x in m.modules())
+              or getattr(getattr(m, "config", None), "_attn_implementation", None) == HF_NAME))

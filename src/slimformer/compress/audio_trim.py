@@ -113,4 +113,5 @@ def _restore(model: nn.Module, opts: AudioTrimOptions, state: dict) -> nn.Module
 
 
 register(Step("audio-trim", AudioTrimOptions, _apply,
-              "Whisper: encode only the frames holding audio (+ margin), not the 30 s window", restore=_restore))
+              "Whisper: encode only the frames holding audio (+ margin), not the 30 s window", restore=_restore,
+              order=95, detect=lambda m: any(type(x) in _SUBCLASSES.values() for x in m.modules())))

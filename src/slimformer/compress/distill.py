@@ -212,4 +212,4 @@ def distill(model: nn.Module, opts: DistillOptions, ctx: StepContext) -> nn.Modu
 
 register(Step("distill", DistillOptions, distill,
               "fine-tune against the uncompressed teacher (soft logits / embeddings, optional hidden states)",
-              needs_float_weights=True))
+              needs_float_weights=True, role="recovery", order=70))

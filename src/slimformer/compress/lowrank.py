@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import SlimformerError
 from ..families import family_of
 from ..families.sites import Slot
-from .registry import Step, StepContext, register
+from .registry import Knob, Step, StepContext, register
 
 log = logging.getLogger(__name__)
 
@@ -143,4 +143,6 @@ def restore_lowrank(model: nn.Module, opts: LowRankOptions, state: dict) -> nn.M
 
 register(Step("lowrank", LowRankOptions, lowrank,
               "SVD-factorize Linears into two thinner ones (rank, or energy kept)",
-              restore=restore_lowrank, needs_float_weights=True))
+              restore=restore_lowrank, needs_float_weights=True, role="structural",
+              knob=Knob("energy", (0.995, 0.99, 0.98, 0.95, 0.9), identity=1.0), order=40, priority=6,
+              detect=lambda m: any(isinstance(x, LowRankLinear) for x in m.modules())))

@@ -27,7 +27,7 @@ from ..errors import SlimformerError
 from ..families import family_of
 from ..families.sites import FFNSite, HeadSite, Slot, by_name
 from .calibrate import over_inputs
-from .registry import Step, StepContext, register
+from .registry import Knob, Step, StepContext, register
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,9 @@ def restore_ffn(model: nn.Module, opts: PruneFFNOptions, state: dict) -> nn.Modu
 
 register(Step("prune-heads", PruneHeadsOptions, prune_heads,
               "remove whole attention heads (least output contribution on calibration data)",
-              restore=restore_heads, needs_float_weights=True))
+              restore=restore_heads, needs_float_weights=True, role="structural",
+              knob=Knob("ratio", (0.167, 0.333, 0.5), identity=0.0), order=20, priority=8))
 register(Step("prune-ffn", PruneFFNOptions, prune_ffn,
               "remove FFN neurons (least output contribution on calibration data)",
-              restore=restore_ffn, needs_float_weights=True))
+              restore=restore_ffn, needs_float_weights=True, role="structural",
+              knob=Knob("ratio", (0.125, 0.25, 0.375, 0.5, 0.625), identity=0.0), order=30, priority=7))

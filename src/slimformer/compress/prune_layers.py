@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import SlimformerError
 from ..families import family_of
 from .calibrate import calibration_batches
-from .registry import Step, StepContext, register
+from .registry import Knob, Step, StepContext, register
 
 log = logging.getLogger(__name__)
 
@@ -137,4 +137,5 @@ def restore_layers(model: nn.Module, opts: PruneLayersOptions, state: dict) -> n
 
 register(Step("prune-layers", PruneLayersOptions, prune_layers,
               "remove whole Transformer blocks (those that change the hidden states least on calibration data)",
-              restore=restore_layers, needs_float_weights=True))
+              restore=restore_layers, needs_float_weights=True, role="structural",
+              knob=Knob("ratio", (0.25, 0.5), identity=0.0), order=10, priority=5))

@@ -53,22 +53,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Int8Options:
+class Int8WeightOptions:
+    """Options of `int8-weight` (and the part of `int8` they share): activations stay float."""
+
     compile: bool = False
-    # dynamic: each token's activation scale measured at run time (no calibration needed);
-    # static: one scale per layer fixed from the task's calibration data (compress/calibrate.py), so
-    # quantizing is a plain multiply fused into the op before each GEMM (int8 only, not int8-weight)
-    activations: Literal["dynamic", "static"] = "dynamic"
-    # static only: SmoothQuant migration strength, the share of activation outliers moved into the
-    # weights (0 = none). On MiniLM (benchmarks/results/smoothing.md) 0 gives cosine 0.983, 0.5 0.936,
-    # 0.75 0.996, 0.85-0.9 0.998; the searches in benchmarks/results ran with this 0.75.
-    smoothing: float = 0.75
     # fnmatch patterns of Linear module names to leave in float (e.g. "head" for a classifier head)
     skip: list[str] = field(default_factory=list)
     # also store nn.Embedding tables as int8 (per-row scale, dequantized row by row on lookup): half of
     # MiniLM's parameters are its word embeddings, so without this the file cannot shrink below ~0.6x
     embeddings: bool = True
 
+
+@dataclass
+class Int8Options(Int8WeightOptions):
+    # dynamic: each token's activation scale measured at run time (no calibration needed);
+    # static: one scale per layer fixed from the task's calibration data (compress/calibrate.py), so
+    # quantizing is a plain multiply fused into the op before each GEMM
+    activations: Literal["dynamic", "static"] = "dynamic"
+    # static only: SmoothQuant migration strength, the share of activation outliers moved into the
+    # weights (0 = none). On MiniLM (benchmarks/results/smoothing.md) 0 gives cosine 0.983, 0.5 0.936,
+    # 0.75 0.996, 0.85-0.9 0.998; the searches in benchmarks/results ran with this 0.75.
+    smoothing: float = 0.75
 
     def __post_init__(self) -> None:
         if not 0 <= self.smoothing < 1:
@@ -363,7 +368,7 @@ def _compile(model: nn.Module) -> nn.Module:
     return model
 
 
-def _quantize(model: nn.Module, opts: Int8Options, dynamic: bool, names: list[str],
+def _quantize(model: nn.Module, opts: Int8WeightOptions, dynamic: bool, names: list[str],
               ranges: dict[str, Tensor] | None = None) -> dict[int, Int8Linear]:
     """Swap each Linear for an Int8Linear; returns them by their float weight's address, for tied tables
     (an unsmoothed projection holds exactly the per-row int8 its tied embedding would)."""
@@ -371,7 +376,8 @@ def _quantize(model: nn.Module, opts: Int8Options, dynamic: bool, names: list[st
     for name in names:
         linear = _as_linear(model, name)
         x_range = ranges[name] if ranges is not None else None
-        new = Int8Linear.from_linear(linear, dynamic, x_range, opts.smoothing)
+        alpha = opts.smoothing if x_range is not None else 0.0  # only static int8 options carry one
+        new = Int8Linear.from_linear(linear, dynamic, x_range, alpha)
         if not new.static:
             by_weight[linear.weight.data_ptr()] = new
         _swap(model, name, new)
@@ -382,16 +388,14 @@ def _step_name(dynamic: bool) -> str:
     return "int8" if dynamic else "int8-weight"
 
 
-def _check_activations(opts: Int8Options, dynamic: bool) -> bool:
-    """True for static activation scales; refused for weight-only int8, whose activations stay float."""
-    if opts.activations == "static" and not dynamic:
-        raise SlimformerError("step 'int8-weight' keeps activations in float: activations=static applies to "
-                              "step 'int8' only")
-    return opts.activations == "static"
+def _check_activations(opts: Int8WeightOptions, dynamic: bool) -> bool:
+    """True for static activation scales (only `int8`'s options offer them: weight-only activations stay
+    float)."""
+    return dynamic and isinstance(opts, Int8Options) and opts.activations == "static"
 
 
 def _apply_int8(dynamic: bool):
-    def apply(model: nn.Module, opts: Int8Options, ctx: StepContext) -> nn.Module:
+    def apply(model: nn.Module, opts: Int8WeightOptions, ctx: StepContext) -> nn.Module:
         step = _step_name(dynamic)
         names = _named_linears(model, opts.skip)
         if not names:
@@ -411,7 +415,7 @@ def _apply_int8(dynamic: bool):
 
 
 def _restore_int8(dynamic: bool):
-    def restore(model: nn.Module, opts: Int8Options, state: dict) -> nn.Module:
+    def restore(model: nn.Module, opts: Int8WeightOptions, state: dict) -> nn.Module:
         static = _check_activations(opts, dynamic)
         names = state.get("modules")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -475,9 +479,13 @@ def _restore_bf16(model: nn.Module, opts: Bf16Options, state: dict) -> nn.Module
 register(Step("int8", Int8Options, _apply_int8(True),
               "int8 weights x int8 activations, quantized per token at run time or with calibrated scales "
               "(torchao, VNNI GEMMs)",
-              restore=_restore_int8(True), makes_low_precision=True))
-register(Step("int8-weight", Int8Options, _apply_int8(False),
+              restore=_restore_int8(True), makes_low_precision=True, role="precision", order=90, priority=0,
+              detect=lambda m: any(isinstance(x, Int8Linear) and x.dynamic for x in m.modules())))
+register(Step("int8-weight", Int8WeightOptions, _apply_int8(False),
               "int8 weights, float activations (torchao weight-only): 4x smaller Linears",
-              restore=_restore_int8(False), makes_low_precision=True))
+              restore=_restore_int8(False), makes_low_precision=True, role="precision", order=91, priority=9,
+              legacy_options=("activations", "smoothing"),
+              detect=lambda m: any(isinstance(x, Int8Linear) and not x.dynamic for x in m.modules())))
 register(Step("bf16", Bf16Options, _apply_bf16, "all weights and activations in bfloat16 (AVX512-BF16)",
-              restore=_restore_bf16, makes_low_precision=True))
+              restore=_restore_bf16, makes_low_precision=True, role="precision", order=92, priority=4,
+              detect=lambda m: any(p.dtype == torch.bfloat16 for p in m.parameters())))

@@ -1,10 +1,13 @@
-"""Recipes: parse (inline `a:x=1,y=2+b` or YAML), validate every name, option, type and order up front,
-then apply the steps in sequence.
+"""Recipes: parse (inline `a:x=1,y=2+b`, YAML, or typed step configs), validate every name, option, type
+and order up front, then apply the steps in sequence.
 
 Inline:  `prune-heads:ratio=0.25+int8`
 YAML:    steps:
            - prune-heads: {ratio: 0.25}
            - int8
+Typed:   [PruneHeads(ratio=0.25), Int8()]   (slimformer.steps: one config class per step, torchao-style)
+
+The three forms of one recipe parse to the same steps; `inline` and `to_yaml` write a parsed recipe back.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 
 from ..errors import SlimformerError
 from .registry import Step, StepContext
-from .steps import all_steps, get_step
+from .steps import all_steps, get_step, step_for
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines; anything bigger is a mistake or an attack
 # Error messages quote user values through this: a YAML alias bomb must not expand into a 10 GB message.
@@ -41,11 +44,22 @@ class RecipeStep:
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step.name, "options": dataclasses.asdict(self.options)}
 
-    def __str__(self) -> str:
+    def changed(self) -> dict[str, Any]:
+        """The options that differ from the step's defaults."""
         defaults = type(self.options)()
-        changed = [f"{f.name}={getattr(self.options, f.name)}" for f in dataclasses.fields(self.options)
-                   if getattr(self.options, f.name) != getattr(defaults, f.name)]
+        return {f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options)
+                if getattr(self.options, f.name) != getattr(defaults, f.name)}
+
+    def __str__(self) -> str:
+        changed = [f"{k}={_inline_value(v)}" for k, v in self.changed().items()]
         return self.step.name + (":" + ",".join(changed) if changed else "")
+
+
+def _inline_value(value: Any) -> str:
+    """A value as the inline parser reads it back (lists joined by '/', None as none)."""
+    if isinstance(value, (list, tuple)):
+        return "/".join(map(str, value))
+    return "none" if value is None else str(value)
 
 
 def _type_name(tp: Any) -> str:
@@ -169,25 +183,33 @@ def _parse_yaml(data: Any, source: str) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for i, item in enumerate(data):
         if isinstance(item, str):
-            out.append((item, {}))
+            out.extend(_parse_inline(item) if item.strip() else [(item, {})])  # a name, or `name:opt=v`
+        elif isinstance(item, RecipeStep):
+            out.append((item.step.name, dataclasses.asdict(item.options)))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            out.append((step_for(item).name, dataclasses.asdict(item)))  # a typed step config
         elif isinstance(item, dict) and len(item) == 1:
             ((name, opts),) = item.items()
             out.append((str(name), opts if opts is not None else {}))
         else:
-            raise SlimformerError(f"{source}: step {i} must be a name or {{name: {{option: value}}}}, "
-                                  f"got {_short(item)}")
+            raise SlimformerError(f"{source}: step {i} must be a name, {{name: {{option: value}}}} or a step "
+                                  f"config from slimformer.steps, got {_short(item)}")
     return out
 
 
-def parse_recipe(spec: str | Path | list | None, task: str | None = None) -> list[RecipeStep]:
-    """Parse and fully validate a recipe: YAML file path, inline spec, already-parsed list, or a preset
-    (`fast`, `small`: the measured pick for `task` on this CPU, see presets.py)."""
+def parse_recipe(spec: Any, task: str | None = None) -> list[RecipeStep]:
+    """Parse and fully validate a recipe: YAML file path, inline spec, a list (of step names, inline
+    steps, `{name: {option: value}}` mappings, typed step configs or parsed steps), one typed step
+    config, or a preset (`fast`, `small`: the measured pick for `task` on this CPU, see presets.py).
+    Typed configs are validated like text: `Tome(r="8")` is coerced, `Tome(r=-1)` refused."""
     from .presets import expand
 
     spec = expand(spec, task)
     if spec is None or spec == "" or spec == "none":
         return []
-    if isinstance(spec, list):
+    if isinstance(spec, RecipeStep) or (dataclasses.is_dataclass(spec) and not isinstance(spec, type)):
+        spec = [spec]  # one typed step config
+    if isinstance(spec, (list, tuple)):
         raw = _parse_yaml(spec, "recipe")
     elif str(spec).endswith((".yaml", ".yml")):
         path = Path(spec)
@@ -205,6 +227,17 @@ def parse_recipe(spec: str | Path | list | None, task: str | None = None) -> lis
     steps = [RecipeStep(get_step(name), options_from_dict(get_step(name), opts)) for name, opts in raw]
     check_order(steps)
     return steps
+
+
+def inline(steps: list[RecipeStep]) -> str:
+    """A parsed recipe as an inline spec (options left at their defaults omitted)."""
+    return "+".join(str(s) for s in steps)
+
+
+def to_yaml(steps: list[RecipeStep], **top: Any) -> str:
+    """A parsed recipe as a YAML recipe file (`top`: name, description, measured_on)."""
+    doc = {**top, "steps": [{s.step.name: dataclasses.asdict(s.options)} for s in steps]}
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def check_order(steps: list[RecipeStep]) -> None:
@@ -231,8 +264,7 @@ def apply_recipe(model: nn.Module, steps: list[RecipeStep], ctx: StepContext | N
     """Apply validated steps in order. Returns the model and the recipe record for `slimformer.json`
     (appended to `applied`, the record of steps already applied to `model`)."""
     record = list(applied or [])
-    earlier = [RecipeStep(get_step(e["step"]), options_from_dict(get_step(e["step"]), e.get("options") or {}))
-               for e in record]
+    earlier = [recorded_step(e) for e in record]
     check_order(earlier + steps)
     for rs in steps:
         step_ctx = ctx or StepContext()
@@ -252,13 +284,22 @@ def describe_steps() -> list[tuple[str, str, str]]:
     return rows
 
 
+def recorded_step(entry: dict) -> RecipeStep:
+    """One entry of a recipe record (`{"step", "options"}`), validated; options a step no longer takes
+    (`Step.legacy_options`) are dropped, so dirs saved before still load."""
+    step = get_step(entry["step"])
+    values = entry.get("options") or {}
+    if isinstance(values, dict) and step.legacy_options:
+        values = {k: v for k, v in values.items() if k not in step.legacy_options}
+    return RecipeStep(step, options_from_dict(step, values))
+
+
 def restore_recipe(model: nn.Module, recipe: list[dict]) -> nn.Module:
     """Replay the structure of each applied step on a freshly built model (no data needed)."""
     for i, entry in enumerate(recipe):
         if not isinstance(entry, dict) or "step" not in entry:
             raise SlimformerError(f"recipe entry {i} in slimformer.json is not {{'step': ..., 'options': ...}}")
-        step = get_step(entry["step"])
-        options = options_from_dict(step, entry.get("options") or {})
-        if step.restore is not None:
-            model = step.restore(model, options, entry.get("state") or {})
+        rs = recorded_step(entry)
+        if rs.step.restore is not None:
+            model = rs.step.restore(model, rs.options, entry.get("state") or {})
     return model

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import SlimformerError
 from ..families import family_of
-from .registry import Step, StepContext, register
+from .registry import Knob, Step, StepContext, register
 from .token_patch import TokenReducer, TokenSite, patch_reference, reducer_of, reference_site, token_sizes, unpatch
 from .token_patch_hf import hf_site, patch_hf
 
@@ -180,7 +180,15 @@ def _prune_step(model: nn.Module, opts: PruneOptions, ctx: StepContext) -> nn.Mo
 
 register(Step("tome", TomeOptions, _tome_step,
               "token merging (ToMe): merge similar tokens between attention and MLP of every block",
-              restore=lambda model, opts, state: apply_tome(model, opts), family="tokens"))
+              restore=lambda model, opts, state: apply_tome(model, opts), family="tokens", role="tokens",
+              # images: merges per block as a share of the tokens; text rows vary in length, so a constant r
+              # takes much of a short sentence and little of a long one (on MiniLM, r=2 costs cosine 0.034
+              # on ~30-token verses but 0.001 on 128-token passages): text keeps a share of every row instead
+              knob=Knob("r", (0.04, 0.08, 0.12, 0.16, 0.2), identity=0, per_token=True),
+              text_knob=Knob("keep_ratio", (0.9, 0.8, 0.75, 0.7, 0.6, 0.5), identity=1.0, presets="schedule=keep"),
+              order=50, priority=2, detect=lambda m: getattr(reducer_of(m), "method", None) == "tome"))
 register(Step("token-prune", PruneOptions, _prune_step,
               "token pruning (EViT): keep the most-attended tokens, fuse the rest into one",
-              restore=lambda model, opts, state: apply_prune(model, opts), family="tokens"))
+              restore=lambda model, opts, state: apply_prune(model, opts), family="tokens", role="tokens",
+              knob=Knob("keep_rate", (0.9, 0.8, 0.7, 0.6, 0.5), identity=1.0), order=60, priority=3,
+              detect=lambda m: getattr(reducer_of(m), "method", None) == "prune"))
