@@ -231,6 +231,11 @@ def markdown(report: dict, env: dict) -> str:
              "load generator (httpx) runs on the same 2 cores. Load average (1 min) "
              f"{report['load_average_start'][0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end.", "",
              "| server | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    busiest = max(report["load_average_start"][0], report["load_average_end"][0])
+    if busiest > env["cores"]:
+        lines[2:2] = [f"**The machine was oversubscribed during this run (load average up to {busiest:.1f} on "
+                      f"{env['cores']} cores, from other jobs): every number below is dominated by that contention, "
+                      "not by the servers; rerun on a quiet machine before drawing conclusions.**", ""]
     for p in report["peers"]:
         for r in p.get("loads", []):
             p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
