@@ -162,6 +162,7 @@ def real_clips():
     return [data.synthesize(*t) for t in texts]
 
 
+@pytest.mark.slow
 def test_real_whisper_tiny_en_matches_ctranslate2(real_clips):
     """Acceptance: encoder within 1e-3 of CTranslate2 float32, identical greedy tokens, on real weights."""
     ctranslate2 = pytest.importorskip("ctranslate2")
