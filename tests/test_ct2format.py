@@ -182,3 +182,20 @@ def test_real_whisper_tiny_en_matches_ctranslate2(real_clips):
         tokens = peer.generate(view, [speech.prompt(model)], beam_size=1)[0].sequences_ids[0]
         assert speech.greedy(model, feats) == [tokens]
     assert "over the lazy" in speech.transcribe(model, real_clips[:1])[0].lower()
+
+
+def test_hugging_face_whisper_dir_loads_with_its_head(tmp_path):
+    from slimformer import io
+    from slimformer.tasks import speech
+
+    model = tiny_whisper(positions=16)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = io.load(tmp_path)
+    assert type(loaded).__name__ == "WhisperForConditionalGeneration"
+    feats = torch.randn(1, 80, 3000) * 0.5
+    assert speech.greedy(loaded, feats) == speech.greedy(model, feats)
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(SlimformerError, match="only pickled weights"):
+        io.load(tmp_path)

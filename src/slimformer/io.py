@@ -251,6 +251,8 @@ def load(ref: str | Path) -> nn.Module:
             return load_model_dir(path)
         if whisper_ct2.is_ct2_dir(path):
             return whisper_ct2.load_dir(path)
+        if whisper_ct2.is_hf_whisper_dir(path):
+            return whisper_ct2.load_hf_whisper_dir(path)
         if (path / "config.json").exists():
             return hf_models.load_hf_dir(path)
         raise SlimformerError(f"{path}: neither a slimformer model dir ({META}) nor a Hugging Face dir "

@@ -197,6 +197,35 @@ def load_dir(path: str | Path) -> nn.Module:
     return to_hf(ct2format.read(path), special_ids(path))
 
 
+def is_hf_whisper_dir(path: Path) -> bool:
+    """A Hugging Face dir whose config.json says `model_type: whisper`."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type") == "whisper"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_hf_whisper_dir(path: str | Path) -> nn.Module:
+    """A Hugging Face Whisper dir (safetensors only) as `WhisperForConditionalGeneration`, with the
+    prompt's no-timestamps id taken from its generation_config.json (AutoModel would drop the LM head)."""
+    from transformers import WhisperForConditionalGeneration
+
+    from .hf import refuse_pickles
+
+    path = Path(path)
+    refuse_pickles(path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(path, use_safetensors=True, local_files_only=True,
+                                                                attn_implementation="sdpa")
+    except (OSError, ValueError) as e:
+        raise SlimformerError(f"{path}: cannot load as a Hugging Face Whisper model: {str(e).splitlines()[0]}") from e
+    generation = path / "generation_config.json"
+    if not hasattr(model.config, "no_timestamps_token_id") and generation.is_file():
+        model.config.no_timestamps_token_id = json.loads(generation.read_text()).get("no_timestamps_token_id", 50362)
+    return model.eval()
+
+
 def load_packaged() -> nn.Module:
     """The real pretrained Whisper tiny.en (built-in name `whisper-tiny-en`)."""
     return load_dir(packaged_dir())
