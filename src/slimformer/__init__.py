@@ -10,9 +10,9 @@ docs/python-api.md documents the API; docs/contract.md the model dir, results JS
 """
 
 from . import steps
-from .api import compress, compress_, compress_model, embed, evaluate, load, write_results
+from .api import compress, compress_, compress_model, embed, evaluate, load, transcribe, write_results
 from .errors import SlimformerError
 from .io import load_model_dir, save_model
 
 __all__ = ["SlimformerError", "compress", "compress_", "compress_model", "embed", "evaluate", "load", "load_model_dir",
-           "save_model", "steps", "write_results"]
+           "save_model", "steps", "transcribe", "write_results"]
