@@ -32,17 +32,21 @@ def serve(
     max_inputs: int = typer.Option(32, "--max-inputs", help="inputs per request at most (413 beyond)"),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="longest an input waits for its batch to fill"),
     name: str = typer.Option(None, "--name", help="model name in responses (default: the model dir's name)"),
+    ray: bool = typer.Option(False, "--ray", help="serve as a Ray Serve deployment (extra: slimformer[ray])"),
+    replicas: int = typer.Option(2, "--replicas", help="with --ray: copies of the app, each with its workers"),
 ) -> None:
     """Serve MODEL over HTTP until SIGTERM or Ctrl-C (in-flight requests are answered first).
 
     Text encoders: POST /v1/embeddings (OpenAI) and POST /embed (TEI). Image classifiers: POST /v1/classify.
-    All: GET /health, /info, /metrics (Prometheus).
+    All: GET /health, /info, /metrics (Prometheus). With --ray, Ray Serve runs --replicas copies of the app
+    (set RAY_ADDRESS to join a Ray cluster).
 
     Example: slimformer serve minilm --recipe recipes/minilm-fast.yaml --task embedding --port 8000
 
     curl -s localhost:8000/v1/embeddings -H 'content-type: application/json' -d '{"input": "Hello", "model": "minilm"}'
     """
     from .. import api
+    from ..errors import SlimformerError
     from ..guard import check_threads
     from ..serve.app import ServeOptions, Service
     from ..serve.run import check_port
@@ -51,6 +55,12 @@ def serve(
     if threads is not None:
         check_threads(threads)
     check_port(host, port)
+    if ray:
+        from ..serve.ray import require_ray
+
+        require_ray()
+        if replicas < 1:
+            raise SlimformerError(f"--replicas must be >= 1, got {replicas}")
     options = ServeOptions(workers=workers, threads=threads or 0, max_batch_tokens=max_batch_tokens,
                            max_batch=max_batch, max_queue=max_queue, max_inputs=max_inputs, max_wait_ms=max_wait_ms,
                            name=name or ("minilm" if model == "minilm" else ""))
@@ -64,9 +74,16 @@ def serve(
             options.name = options.name or Path(model).name
         else:
             options.recipe = api.recipe_of(model)
-        service = Service(ref, options)
-        print(f"serving {service.name} ({service.kind.name}) on http://{host}:{port} with {service.config.nproc} "
-              f"worker(s) x {service.config.threads} thread(s); GET /health says when ready", file=sys.stderr)
-        code = run(service, host, port)
+        service = Service(ref, options)  # the model, its kind and every limit checked here, before any worker
+        copies = f"{replicas} Ray Serve replica(s) x " if ray else ""
+        print(f"serving {service.name} ({service.kind.name}) on http://{host}:{port} with {copies}"
+              f"{service.config.nproc} worker(s) x {service.config.threads} thread(s); GET /health says when ready",
+              file=sys.stderr)
+        if ray:
+            from ..serve.ray import serve_ray
+
+            code = serve_ray(ref, options, host, port, replicas)
+        else:
+            code = run(service, host, port)
     if code:
         raise typer.Exit(code)

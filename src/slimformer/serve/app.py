@@ -150,7 +150,7 @@ class Service:
         from ..bench.env import cpu_flags, cpu_model
 
         workers = [{"rank": s.rank, "pid": s.proc.pid, "ready": s.ready} for s in self.server.slots]
-        return JSONResponse({"model": self.name, "ref": self.ref, "kind": self.kind.name,
+        return JSONResponse({"model": self.name, "ref": self.ref, "kind": self.kind.name, "pid": os.getpid(),
                              "recipe": self.options.recipe, "versions": io.versions(),
                              "cpu": {"model": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count()},
                              "workers": workers, "threads_per_worker": self.config.threads,
