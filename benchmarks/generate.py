@@ -46,7 +46,7 @@ def build(kind: str, tiny: bool) -> nn.Module:
     """A random GPT-2- or Marian-shaped transformers model (eval, seed 0)."""
     import transformers as T
 
-    d, layers, heads, ff, vocab = (64, 2, 4, 128, 1000) if tiny else (512, 6, 8, 2048, 16384)
+    d, layers, heads, ff, vocab = (64, 2, 4, 128, 1000) if tiny else (384, 4, 6, 1536, 16384)
     torch.manual_seed(0)
     if kind == "gpt2":
         cfg = T.GPT2Config(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=heads, n_inner=ff, n_positions=256,
@@ -138,15 +138,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--prompt", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled paths")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.tiny:
-        args.batch, args.new_tokens, args.prompt, args.rounds, args.warmup, args.max_seconds = 4, 8, 5, 2, 0.1, 5.0
+        args.batch, args.new_tokens, args.prompt, args.rounds, args.warmup, args.max_seconds = 2, 4, 5, 1, 0.0, 1.0
         args.backend = "eager"
     report = run(args)
     name = "generate-tiny" if args.tiny else "generate"
