@@ -23,12 +23,26 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (getattr(test, "id", None) == "TYPE_CHECKING"
+                                         or getattr(test, "attr", None) == "TYPE_CHECKING")
+
+
+def walk(node: ast.AST):
+    """ast.walk, minus `if TYPE_CHECKING:` blocks (annotations only: never imported at run time)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if not _type_checking(child):
+            yield from walk(child)
+
+
 def imports(path: Path) -> set[str]:
     """Every slimformer module `path` imports, anywhere in the file (resolved to module names)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("slimformer")}
         elif isinstance(node, ast.ImportFrom):
