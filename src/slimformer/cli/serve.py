@@ -7,6 +7,7 @@ dir that the workers load, so each worker does not repeat the (possibly calibrat
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -16,12 +17,20 @@ import typer
 from .app import app
 
 
+def default_workers() -> int:
+    """One single-thread worker per core (up to 4): on a CPU, independent processes beat one process whose
+    every op waits for all its threads, and a descheduled thread stalls that op for everyone
+    (benchmarks/results/serve_http.md: 1 worker x 2 threads was the slowest layout)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @app.command()
 def serve(
     model: str = typer.Argument(..., help="model dir, Hugging Face dir or built-in name (e.g. minilm)"),
     recipe: str = typer.Option(None, "--recipe", help="compress first with this recipe (YAML file or inline)"),
     task: str = typer.Option(None, "--task", help="task whose data calibrates the recipe (e.g. embedding)"),
-    workers: int = typer.Option(1, "--workers", help="model worker processes"),
+    workers: int = typer.Option(None, "--workers",
+                                help="model worker processes (default: one per core, at most 4, 1 thread each)"),
     threads: int = typer.Option(None, "--threads", help="intra-op threads per worker (default: cores / workers)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8000, "--port", help="TCP port"),
@@ -61,8 +70,9 @@ def serve(
         require_ray()
         if replicas < 1:
             raise SlimformerError(f"--replicas must be >= 1, got {replicas}")
-    options = ServeOptions(workers=workers, threads=threads or 0, max_batch_tokens=max_batch_tokens,
-                           max_batch=max_batch, max_queue=max_queue, max_inputs=max_inputs, max_wait_ms=max_wait_ms,
+    options = ServeOptions(workers=default_workers() if workers is None else workers, threads=threads or 0,
+                           max_batch_tokens=max_batch_tokens, max_batch=max_batch, max_queue=max_queue,
+                           max_inputs=max_inputs, max_wait_ms=max_wait_ms,
                            name=name or ("minilm" if model == "minilm" else ""))
     options.server_config().validate()
     with tempfile.TemporaryDirectory(prefix="slimformer-serve-") as tmp:

@@ -77,12 +77,14 @@ class ServeConfig:
     hang_timeout: float = 20.0  # a batch running longer than this, or a silent worker, is a dead worker
     max_batch_tokens: int = 0  # padded tokens per batch (items x longest); 0: no token budget
     restart: bool = False  # replace a dead worker (its requests are lost) instead of stopping the server
+    flags: tuple[str, str] = ("--nproc", "--queue-size")  # how the command line names nproc, queue_size
 
     def validate(self) -> None:
-        check_positive("--nproc", self.nproc)
+        nproc_flag, queue_flag = self.flags
+        check_positive(nproc_flag, self.nproc)
         check_positive("--threads", self.threads)
         check_positive("--max-batch", self.max_batch)
-        check_positive("--queue-size", self.queue_size)
+        check_positive(queue_flag, self.queue_size)
         if self.max_wait_ms < 0:
             raise SlimformerError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if isinstance(self.max_batch_tokens, bool) or not isinstance(self.max_batch_tokens, int) \
@@ -90,7 +92,7 @@ class ServeConfig:
             raise SlimformerError(f"--max-batch-tokens must be an integer >= 0, got {self.max_batch_tokens!r}")
         cores = os.cpu_count() or 1
         if self.nproc * self.threads > 4 * cores:
-            raise SlimformerError(f"--nproc {self.nproc} x --threads {self.threads} = {self.nproc * self.threads} "
+            raise SlimformerError(f"{nproc_flag} {self.nproc} x --threads {self.threads} = {self.nproc * self.threads} "
                                   f"threads on {cores} cores: at most {4 * cores} (oversubscription only slows it)")
 
 

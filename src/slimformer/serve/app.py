@@ -58,13 +58,15 @@ class ServeOptions:
     recipe: list[dict] = field(default_factory=list)
 
     def server_config(self) -> ServeConfig:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise SlimformerError(f"--workers must be an integer >= 1, got {self.workers!r}")
         threads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
         if self.max_inputs > self.max_queue:
             raise SlimformerError(f"--max-inputs {self.max_inputs} exceeds --max-queue {self.max_queue}: such a "
                                   "request could never be queued")
         return ServeConfig(nproc=self.workers, threads=threads, max_batch=self.max_batch,
                            max_wait_ms=self.max_wait_ms, queue_size=self.max_queue, hang_timeout=self.hang_timeout,
-                           max_batch_tokens=self.max_batch_tokens, restart=True)
+                           max_batch_tokens=self.max_batch_tokens, restart=True, flags=("--workers", "--max-queue"))
 
 
 def kind_for(ref: str, model: nn.Module, limits: Limits) -> Kind:
