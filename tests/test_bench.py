@@ -1,4 +1,4 @@
-"""The timing and memory harness measures what it claims, and `bench` writes the DESIGN.md contract."""
+"""The timing and memory harness measures what it claims, and `bench` writes the contract of docs/contract.md."""
 
 import json
 import subprocess

@@ -114,3 +114,59 @@ def test_flags_and_static_int8_are_in_the_space():
     assert family_grid(steps["bf16-attention"], tokens=65) == ["bf16-attention"]
     assert "int8:activations=static,compile=true" in family_grid(steps["int8"], tokens=65)
     assert join(["int8:compile=true", "bf16-attention", "tome:r=2"]) == "tome:r=2+bf16-attention+int8:compile=true"
+
+
+def test_search_names_no_step():
+    """What the search knows of a step comes from the step (compress/registry.py): no step name appears in
+    any string (tables, recipes, docs) of search.py."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import slimformer.search as search
+
+    strings = [n.value for n in ast.walk(ast.parse(Path(search.__file__).read_text()))
+               if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    for name in all_steps():
+        pattern = re.compile(r"(?<![\w-])" + re.escape(name) + r"(?![\w-])")
+        assert not [s for s in strings if pattern.search(s)], f"search.py names step {name!r}"
+
+
+def test_a_registered_toy_step_is_swept(monkeypatch, tmp_path):
+    """One registration line is all the search needs: a toy structural step with a knob is swept mild to
+    aggressive (its identity seeding the halfway rescue), ordered by its `order`, and combined. The task
+    metric and the timing are fakes, so only the search logic runs."""
+    from dataclasses import dataclass
+
+    from slimformer.compress.registry import STEPS, Knob, Step
+    from slimformer.search import Search
+
+    @dataclass
+    class ToyOptions:
+        strength: float = 0.0
+
+    toy = Step("toy", ToyOptions, lambda model, opts, ctx: model, "test stand-in", role="structural",
+               knob=Knob("strength", (0.1, 0.2, 0.4), identity=0.0), order=5, priority=-1)
+    monkeypatch.setitem(STEPS, "toy", toy)
+    assert family_grid(toy, tokens=65) == ["toy:strength=0.1", "toy:strength=0.2", "toy:strength=0.4"]
+    assert join(["int8", "toy:strength=0.2"]) == "toy:strength=0.2+int8"
+
+    s = Search(SearchConfig(model="vit-tiny", task="digits", max_drop=0.05, out=tmp_path, batch=2,
+                            steps=["toy", "int8"], distill=False))
+    s.base_ms, s.base_metric = 100.0, 1.0
+    drop = {"toy:strength=0.1": 0.0, "toy:strength=0.2": 0.01, "toy:strength=0.4": 0.2, "toy:strength=0.3": 0.04}
+
+    def fake(recipe: str) -> Candidate:
+        parts = recipe.split("+")
+        d = sum(drop.get(p, 0.0) for p in parts)
+        latency = 100.0 * (1 - 2 * sum(float(p.split("=")[1]) for p in parts if p.startswith("toy")))
+        latency *= 0.5 if any(p.startswith("int8") for p in parts) else 1.0
+        return Candidate(recipe, 1.0 - d, d, latency if d <= 0.05 else None, d <= 0.05)
+
+    tried = []
+    monkeypatch.setattr(s, "evaluate", lambda recipe: tried.append(recipe) or fake(recipe))
+    singles = s.singles(lambda c: None)
+    assert tried[:4] == ["toy:strength=0.1", "toy:strength=0.2", "toy:strength=0.4", "toy:strength=0.3"]
+    assert [c.recipe for c in singles["toy"]] == ["toy:strength=0.1", "toy:strength=0.2", "toy:strength=0.3"]
+    combos = s.combine(singles, lambda c: None)
+    assert any(c.recipe.startswith("toy:strength=0.3+int8") for c in combos)

@@ -1,4 +1,5 @@
-"""Training reduces the loss, and the trained digits model saves and reloads exactly."""
+"""Training learns (loss down, accuracy well above chance), and the trained digits model saves and
+reloads exactly, its metric being what the logits say."""
 
 import torch
 
@@ -11,6 +12,7 @@ def test_training_reduces_loss(tmp_path):
     from slimformer.tasks.training import TrainConfig, classification_loss, fit
 
     data = digits.load_data()
+    torch.manual_seed(0)
     model = build_builtin("vit-tiny")
     x, y = data.x_train[:128], data.y_train[:128]
     loss_fn = classification_loss()
@@ -21,6 +23,13 @@ def test_training_reduces_loss(tmp_path):
     with torch.no_grad():
         after = loss_fn(model(x), y)[0].item()
     assert after < 0.75 * before, (before, after)
+    # 120 steps on 128 images: measured 0.52 / 0.55 on those images and 0.27 / 0.33 held out (seeds 0 / 1,
+    # 1 thread); chance is 0.10. The bars leave margin for thread-count rounding.
+    model.eval()
+    with torch.no_grad():
+        seen = (model(x).argmax(-1) == y).float().mean().item()
+    assert seen >= 0.35, seen
+    assert digits.evaluate(model)["accuracy"] >= 0.18
 
 
 def test_digits_split_is_fixed():
@@ -35,7 +44,10 @@ def test_trained_model_round_trip(digits_model_dir):
     x = digits.load_data().x_test[:16]
     assert torch.equal(model(x), again(x))
     assert io.read_meta(digits_model_dir)["task"] == "digits"
-    assert 0.0 <= digits.evaluate(model)["accuracy"] <= 1.0
+    data = digits.load_data()
+    with torch.no_grad():
+        by_hand = (model(data.x_test).argmax(-1) == data.y_test).sum().item() / len(data.y_test)
+    assert digits.evaluate(model)["accuracy"] == digits.evaluate(again)["accuracy"] == by_hand
 
 
 def test_data_first_loaded_in_inference_mode_still_trains(monkeypatch):
