@@ -58,3 +58,17 @@ def test_patched_model_without_a_record_is_refused(kind, tmp_path):
         io.save_model(plain, tmp_path / "m")
     io.save_model(plain, tmp_path / "m", recipe=[{"step": "bf16-attention", "options": {}}])  # said: saved
     assert detected_steps(slimformer.load(tmp_path / "m")) == ["bf16-attention"]
+
+
+def test_dirs_saved_before_int8_weight_had_its_own_options_still_load(tmp_path):
+    """int8 and int8-weight shared one options class; dirs written then record `activations` and
+    `smoothing` for int8-weight, which its own class no longer takes."""
+    import json
+
+    model = slimformer.compress(reference(), "int8-weight")
+    io.save_model(model, tmp_path / "m")
+    meta_path = tmp_path / "m" / io.META
+    meta = json.loads(meta_path.read_text())
+    meta["recipe"][0]["options"].update(activations="dynamic", smoothing=0.75)
+    meta_path.write_text(json.dumps(meta))
+    assert torch.equal(output(slimformer.load(tmp_path / "m")), output(model))
