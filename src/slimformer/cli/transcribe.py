@@ -25,7 +25,12 @@ def transcribe(
 
     Example: slimformer transcribe whisper-tiny-en clip.wav --recipe audio-trim --json out.json
     """
+    import logging
+
     from .. import api, atomic
+
+    for name in ("torch.utils._pytree", "torchao"):  # import-time notices of the int8 backend, not ours
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     results = api.transcribe(model, list(audio), recipe)
     for r in results:
