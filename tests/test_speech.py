@@ -191,3 +191,18 @@ def test_lean_decoder_matches_the_transformers_forward():
     ref = speech.greedy(model, feats, lean=False)
     assert speech.greedy(model, feats) == ref
     assert len(ref[0]) < 38 and len(ref[1]) == 38, [len(t) for t in ref]
+
+
+@needs_espeak
+def test_evaluate_and_calibration_shapes(monkeypatch):
+    clips = data.build(["Hello there, my friend.", "Go home now and rest."])
+    monkeypatch.setattr(data, "load", lambda split="test", n=None: clips)
+    model = tiny_whisper(positions=12)
+    result = speech.evaluate(model, batch=2)
+    assert set(result) == {"wer_clean", "cer_clean", "wer_noisy", "cer_noisy", "word_accuracy"}
+    assert result["word_accuracy"] == pytest.approx(1 - (result["wer_clean"] + result["wer_noisy"]) / 2)
+    (feats, mask, ids), = list(speech.calibration(n=2, batch=2))
+    assert feats.shape == (2, 80, 3000) and mask is None and ids.shape[0] == 2 and ids[0, 0] == 50257
+    with torch.inference_mode():
+        logits = model(feats, None, ids[:, :12]).logits
+    assert logits.shape[:2] == (2, min(12, ids.shape[1]))

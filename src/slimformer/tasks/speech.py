@@ -198,11 +198,12 @@ def calibration(n: int = 16, batch: int = 8) -> Iterator[tuple]:
     the decoder is teacher-forced on the reference transcript, so both stacks see real activations."""
     clips = data.load("dev")[:max(n, 1)]
     tok = tokenizer()
+    start, eot = tok.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"]), tok.eos_token_id
     for i in range(0, len(clips), batch):
         part = clips[i:i + batch]
-        ids = [[50257, 50362, *tok.encode(" " + c.text, add_special_tokens=False)][:448] for c in part]
+        ids = [[*start, *tok.encode(" " + c.text, add_special_tokens=False), eot][:448] for c in part]
         width = max(map(len, ids))
-        dec = torch.tensor([x + [50256] * (width - len(x)) for x in ids])
+        dec = torch.tensor([x + [eot] * (width - len(x)) for x in ids])
         yield (features([c.audio for c in part]), None, dec)
 
 
