@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -288,19 +289,39 @@ def test_classify_answers_top_k_of_the_model_and_refuses_bad_images(image_server
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(server):
-    """Runs last: it stops the module's server."""
+    """Runs last: it stops the module's server. The workers are frozen (SIGSTOP) while the requests
+    arrive, so they are certainly accepted and unanswered when SIGTERM lands; thawed after it, every
+    one must still be answered, then the server exits 0."""
     proc, base = server
+    workers = [w["pid"] for w in httpx.get(f"{base}/info", timeout=10).json()["workers"]]
+
+    def in_flight() -> float:
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        return float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("slimformer_in_flight ")))
 
     async def load_then_term() -> list:
         limits = httpx.Limits(max_connections=16)
         async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
             calls = [asyncio.ensure_future(client.post("/v1/embeddings", json={"input": text}))
                      for text in texts(MAX_QUEUE)]  # as many inputs as the queue holds: none refused
-            await asyncio.sleep(0.3)  # the requests are on the wire and being answered
+            deadline = time.time() + 30
+            while in_flight() < MAX_QUEUE and time.time() < deadline:
+                await asyncio.sleep(0.1)
+            assert in_flight() == MAX_QUEUE
             proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
             return await asyncio.gather(*calls, return_exceptions=True)
 
-    results = asyncio.run(load_then_term())
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        results = asyncio.run(load_then_term())
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results), results
     assert proc.wait(timeout=60) == 0, proc.stderr.read()[-2000:]
     with pytest.raises(httpx.TransportError):
