@@ -73,7 +73,7 @@ def kind_for(ref: str, model: nn.Module, limits: Limits) -> Kind:
     for cls in KINDS:
         if cls.matches(model):
             return cls(ref, model, limits)
-    raise SlimformerError(f"{ref}: no HTTP routes for a {type(model).__name__}; served kinds: "
+    raise SlimformerError(f"{ref}: no HTTP routes for model class {type(model).__name__}; served kinds: "
                           f"{', '.join(k.name for k in KINDS)}")
 
 
