@@ -56,8 +56,9 @@ def rule(preset: str, task: str | None, kind: str) -> Pick:
         return Pick(preset, task, ANY, "int8", "rule, not measured: int8 weights are 1/4 of fp32 on disk")
     if kind == "amx":
         return Pick(preset, task, kind, "bf16:compile=true", "rule, not measured: AMX runs bf16 GEMMs natively")
-    # static scales need the task's calibration data; without a task only dynamic int8 can run
-    int8 = "int8:activations=static,compile=true" if task else "int8:compile=true"
+    # dynamic int8: static scales need calibration data a task may not have, and were only measured
+    # where a pick above says so
+    int8 = "int8:compile=true"
     if kind == "avx512-vnni":
         return Pick(preset, task, kind, int8, "rule, not measured: VNNI makes int8 dot products cheap")
     return Pick(preset, task, kind, int8, "rule, not measured: int8 halves the memory traffic of bf16")
