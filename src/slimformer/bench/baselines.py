@@ -215,9 +215,11 @@ def ort_session(path: Path, threads: int):
 def _feeder(names: list[str]) -> Callable[..., dict[str, Any]]:
     """Turns a torch-style call (positional inputs, then keyword ones) into `{graph input: numpy}`."""
     def feeds(*a: Tensor, **kw: Tensor) -> dict[str, Any]:
-        values = [*a, *(kw[n] for n in names[len(a):])] if set(kw) <= set(names) else [*a, *kw.values()]
-        if len(values) != len(names):
-            raise SlimformerError(f"graph takes {len(names)} inputs ({', '.join(names)}), called with {len(values)}")
+        rest = names[len(a):]
+        if set(kw) != set(rest):
+            raise SlimformerError(f"graph takes inputs {', '.join(names)}; called with {len(a)} positional and "
+                                  f"{', '.join(kw) or 'no'} keyword inputs")
+        values = [*a, *(kw[n] for n in rest)]
         return {n: v.detach().cpu().numpy() for n, v in zip(names, values, strict=True)}
     return feeds
 
