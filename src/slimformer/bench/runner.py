@@ -99,7 +99,7 @@ def torch_variant(name: str, model: nn.Module, recipe: str, record: list[dict], 
 
 def result_record(v: Variant, timing: Timing, mem: float | None, batch: int, seq_len: int, threads: int,
                   task: str | None) -> dict[str, Any]:
-    """One result in the contract of DESIGN.md (plus `kind`, `n_params`, `task`, p50 spread)."""
+    """One result in the results-JSON contract of docs/contract.md (plus `kind`, `n_params`, `task`, p50 spread)."""
     return {
         "name": v.name,
         "recipe": v.recipe,
