@@ -35,7 +35,7 @@ _AMD = "AMD EPYC, 2 cores, AVX512-VNNI + AVX512-BF16, no AMX"
 _XEON = "Intel Xeon, 2 threads, AMX-BF16 + AMX-INT8"
 PICKS: tuple[Pick, ...] = (
     Pick("fast", "embedding", "avx512-vnni", "bf16-attention+int8:activations=static,compile=true",
-         f"{_AMD}: cosine 0.996, 0.285x fp32 (benchmarks/results/search_minilm.md, peers.md)"),
+         f"{_AMD}: cosine 0.996, 0.285x fp32 in the search run, 0.58x in peers.md (OpenVINO int8 faster)"),
     Pick("fast", "digits", "avx512-vnni", "prune-layers:ratio=0.5+distill+int8:activations=static,compile=true",
          f"{_AMD}: -0.28 pt, 3.02x fp32 (benchmarks/results/search_digits.md)"),
     Pick("fast", "fashion", "avx512-vnni", "tome:schedule=keep,keep_ratio=0.25+distill:epochs=6+int8:compile=true",
