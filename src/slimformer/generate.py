@@ -341,9 +341,10 @@ def hf_greedy(model, inputs: dict[str, Tensor], new_tokens: int, static: bool = 
     if static:
         kwargs["cache_implementation"] = "static"
     if compiled:
-        config = CompileConfig(fullgraph=True, dynamic=False, mode="default",
+        inductor = compiled in (True, "inductor")  # torch.compile takes a mode or options, not both
+        config = CompileConfig(fullgraph=True, dynamic=False, mode=None if inductor else "default",
                                backend="inductor" if compiled is True else compiled,
-                               options={"freezing": True} if compiled in (True, "inductor") else None)
+                               options={"freezing": True} if inductor else None)
         config._compile_all_devices = True  # transformers' switch for compiling on a CPU
         kwargs["compile_config"] = config
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
