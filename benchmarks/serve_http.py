@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -206,10 +207,15 @@ def peers(a: argparse.Namespace, model: str, model_dir: str) -> list[Peer]:
                          "--recipe", a.recipe, "--task", "embedding"],
                         f"`slimformer serve minilm --recipe {a.recipe} --task embedding --workers {workers} "
                         f"--threads {threads}`", port))
-    port = free_port()
-    out.append(Peer("sentence-transformers + FastAPI", [py, __file__, "--fastapi-peer", model_dir, "--port", str(port)],
-                    "sentence-transformers `SentenceTransformer(dir).encode(texts, normalize_embeddings=True)` in a "
-                    f"sync FastAPI endpoint, uvicorn, 1 process, torch {os.cpu_count()} threads", port))
+    if importlib.util.find_spec("fastapi") is None:
+        a.notes.append("The sentence-transformers + FastAPI peer was not measured: fastapi is not installed "
+                       "(pip install fastapi, or the [test] extra).")
+    else:
+        port = free_port()
+        out.append(Peer("sentence-transformers + FastAPI",
+                        [py, __file__, "--fastapi-peer", model_dir, "--port", str(port)],
+                        "sentence-transformers `SentenceTransformer(dir).encode(texts, normalize_embeddings=True)` in "
+                        f"a sync FastAPI endpoint, uvicorn, 1 process, torch {os.cpu_count()} threads", port))
     if a.infinity_venv:
         port = free_port()
         exe = str(Path(a.infinity_venv) / "bin" / "infinity_emb")
@@ -302,6 +308,7 @@ def main() -> None:
               "overload_concurrency": overload,
               "texts": {"n": len(texts), "tokens_p50": float(np.median(lengths)), "tokens_min": min(lengths),
                         "tokens_max": max(lengths)}, "peers": [], "notes": []}
+    a.notes = report["notes"]
     servers = peers(a, model, model_dir)
     if not a.infinity_venv:
         report["notes"].append("Infinity was not measured in this run (no --infinity-venv given).")

@@ -15,7 +15,7 @@ def test_serve_http_benchmark_tiny(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "serve_http-tiny.json").read_text())["results"][0]
     names = [p["name"] for p in report["peers"]]
-    assert names == ["slimformer fp32 1x1", "sentence-transformers + FastAPI"], names
+    assert names == ["slimformer fp32 1x1", "sentence-transformers + FastAPI"], names  # fastapi: the [test] extra
     for peer in report["peers"]:
         assert [r["concurrency"] for r in peer["loads"]] == [1, 8]
         assert all(r["throughput"] > 0 and r["errors"] == 0 for r in peer["loads"]), peer
