@@ -16,8 +16,7 @@ from torch import nn
 
 from .. import guard, io
 from ..errors import SlimformerError
-from ..models import ViT
-from ..models.hf import is_hf_model
+from ..families import find_family
 from ..parallel.serve import Handler
 from .http import FastJSON, HTTPError, field, json_body
 from .kinds import Kind, Limits
@@ -63,9 +62,11 @@ class ImageClassifier(Kind):
 
     @staticmethod
     def matches(model: nn.Module) -> bool:
-        """The reference ViT (a class head), or a Hugging Face ViT with a classifier head."""
-        return isinstance(model, ViT) or (is_hf_model(model) and getattr(model.config, "model_type", "") == "vit"
-                                          and hasattr(model, "classifier"))
+        """An image model of a known family with a class head (the reference ViT's `head`, a Hugging Face
+        ViT's `classifier`)."""
+        family = find_family(model)
+        return family is not None and family.kind == "image" and (hasattr(model, "head") or
+                                                                  hasattr(model, "classifier"))
 
     def routes(self, service: Any) -> list[Route]:
         async def classify(request: Request) -> Response:

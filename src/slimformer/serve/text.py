@@ -21,7 +21,8 @@ from torch import nn
 
 from .. import guard
 from ..errors import SlimformerError
-from ..models.hf import is_hf_model
+from ..families import find_family
+from ..families.hf import HFFamily
 from ..parallel.serve import Handler
 from ..tasks import embedding
 from .http import FastJSON, HTTPError, field, json_body, short
@@ -82,10 +83,9 @@ class TextEncoder(Kind):
 
     @staticmethod
     def matches(model: nn.Module) -> bool:
-        """A Hugging Face encoder fed token ids (BERT, DistilBERT, MiniLM...); its hidden states pool."""
-        config = getattr(model, "config", None)
-        return (is_hf_model(model) and getattr(model, "main_input_name", "") == "input_ids"
-                and not getattr(config, "is_encoder_decoder", False) and hasattr(config, "hidden_size"))
+        """A Hugging Face text encoder (BERT, DistilBERT, MiniLM...): its family says so; its hidden states pool."""
+        family = find_family(model)
+        return isinstance(family, HFFamily) and family.kind == "encoder"
 
     def routes(self, service: Any) -> list[Route]:
         async def openai(request: Request) -> Response:
