@@ -132,8 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="two families x two steps (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for families.md / families.json")
     args = parser.parse_args(argv)
-    logging.disable(logging.WARNING)  # steps log what they do; the table says it
+    quiet = logging.getLogger("slimformer")
+    level, threads = quiet.level, torch.get_num_threads()
+    quiet.setLevel(logging.ERROR)  # steps log what they do; the table says it
     torch.set_num_threads(1)
+    try:
+        return run(args)
+    finally:  # in-process callers (the smoke test) get their logging and threads back
+        quiet.setLevel(level)
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> int:
     names = ["bert", "gpt2"] if args.tiny else [*NAMES, *REFERENCE]
     steps = ["int8", "tome:r=2"] if args.tiny else STEPS
     rows: dict[str, dict] = {}
