@@ -95,23 +95,23 @@ def test_precision_steps_match_fp32(zoo, name, recipe, tmp_path):
     assert_reloads(model, record, fresh, tmp_path)
 
 
+def _zero_inputs(projection, index) -> None:
+    """Zero the listed input features of a Linear (`[out, in]`) or a Conv1D (`[in, out]`)."""
+    if is_conv1d(projection):
+        projection.weight.data[index, :] = 0
+    else:
+        projection.weight.data[:, index] = 0
+
+
 def _mask_removed_heads(reference, pruned_sites_state: dict) -> None:
     """Zero, in the fp32 model, the output-projection inputs of every head the pruned model dropped."""
     family = family_of(reference)
     for site in family.head_sites(reference):
         kept = set(pruned_sites_state[site.name])
-        o = site.o.get()
-        weight = o.weight.data
-        for g in range(site.kv_heads):
-            if g in kept:
-                continue
+        for g in set(range(site.kv_heads)) - kept:
             for j in range(site.group):
                 h = g * site.group + j
-                cols = slice(h * site.head_dim, (h + 1) * site.head_dim)
-                if is_conv1d(o):
-                    weight[cols, :] = 0
-                else:
-                    weight[:, cols] = 0
+                _zero_inputs(site.o.get(), slice(h * site.head_dim, (h + 1) * site.head_dim))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -136,22 +136,15 @@ def test_prune_ffn_equals_masking_those_neurons(zoo, name, tmp_path):
     model, record = compressed(base, "prune-ffn:ratio=0.5")
     masked = copy.deepcopy(base)
     pruned = {s.name: s for s in family_of(model).ffn_sites(model)}
-    for site in family_of(masked).ffn_sites(masked):
-        n = record[-1]["state"]["neurons"][site.name]
-        assert pruned[site.name].fc2.get().in_features == n
     # which neurons survive is not recorded (their weights are); check the shrunken model against masking
     # by reading the kept rows back out of the pruned fc1
     for site in family_of(masked).ffn_sites(masked):
+        assert pruned[site.name].fc2.get().in_features == record[-1]["state"]["neurons"][site.name]
         fc1 = site.fc1.get()
         w = fc1.weight.data.T if is_conv1d(fc1) else fc1.weight.data
         kept_rows = pruned[site.name].fc1.get().weight.data
         keep = [int((w - row).abs().sum(1).argmin()) for row in kept_rows]
-        fc2 = site.fc2.get()
-        drop = sorted(set(range(w.shape[0])) - set(keep))
-        if is_conv1d(fc2):
-            fc2.weight.data[drop, :] = 0
-        else:
-            fc2.weight.data[:, drop] = 0
+        _zero_inputs(site.fc2.get(), sorted(set(range(w.shape[0])) - set(keep)))
     out, want = run(model, fresh), run(masked, fresh)
     assert torch.allclose(out, want, atol=1e-4, rtol=1e-4), (out - want).abs().max()
     assert_reloads(model, record, fresh, tmp_path)

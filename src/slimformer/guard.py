@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import SlimformerError
-from .families import checks
+from .families import checks, family_of
 
 GIB = 2**30
 # A pruned + quantized model holds fewer elements than its architecture; never this many times fewer.
@@ -162,11 +162,7 @@ def check_model_config(meta: dict[str, Any], weights: Path, where: str,
 
 def _dims(model: nn.Module) -> dict[str, int]:
     """d_model, heads, d_ff, layers, output vocabulary (0 if none) and max tokens of a supported model."""
-    from dataclasses import asdict
-
-    from .families import family_of
-
-    dims = asdict(family_of(model).dims(model))
+    dims = dataclasses.asdict(family_of(model).dims(model))
     return {**dims, "images": int(dims["images"])}
 
 
@@ -236,6 +232,4 @@ def check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
 def check_inputs(model: nn.Module, args: tuple, kwargs: dict | None = None) -> None:
     """Validate the positional/keyword inputs about to be passed to `model` (as from
     `bench.inputs.example_inputs` or a serving request): the model's family knows what it takes."""
-    from .families import family_of
-
     family_of(model, "input check").check_inputs(model, tuple(args), dict(kwargs or {}))

@@ -43,8 +43,7 @@ def block_list(model: nn.Module) -> nn.ModuleList:
     """The ModuleList of blocks the model's forward loops over: the encoder's (a seq2seq model keeps its
     decoder), or a decoder-only model's."""
     family = family_of(model, "prune-layers")
-    stacks = family.stacks(model)
-    stack = stacks.get("encoder", stacks.get("decoder"))
+    stack = family.main_stack(model)
     if stack is None:
         raise SlimformerError(f"step 'prune-layers': {type(model).__name__} ({family.name} layout) has no block "
                               "stack to shorten")

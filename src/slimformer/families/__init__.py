@@ -18,7 +18,7 @@ from .sites import FFNSite, HeadSite, Slot
 FAMILIES: tuple[Family, ...] = (*reference.FAMILIES, bert.FAMILY, distilbert.FAMILY, vit.FAMILY, gpt2.FAMILY,
                                 llama.FAMILY, t5.FAMILY, bart.FAMILY, whisper.FAMILY)
 
-__all__ = ["FAMILIES", "Dims", "FFNSite", "Family", "HeadSite", "Inputs", "Kind", "Slot", "all_blocks", "blocks",
+__all__ = ["FAMILIES", "Dims", "FFNSite", "Family", "HeadSite", "Inputs", "Kind", "Slot", "all_blocks",
            "example_inputs", "family_of",
            "find_family", "supported"]
 
@@ -51,15 +51,6 @@ def example_inputs(model: nn.Module, batch: int = 8, seq_len: int = 128, seed: i
 
     return family_of(model, "example inputs").example_inputs(model, batch, seq_len,
                                                              torch.Generator().manual_seed(seed))
-
-
-def blocks(model: nn.Module) -> nn.ModuleList | None:
-    """The main block stack (the encoder's, or a decoder-only model's), or None if the model has none."""
-    family = find_family(model)
-    if family is None:
-        return None
-    stacks = family.stacks(model)
-    return stacks.get("encoder", stacks.get("decoder"))
 
 
 def all_blocks(model: nn.Module) -> list[nn.Module]:

@@ -61,6 +61,11 @@ class Family:
     def dims(self, model: nn.Module) -> Dims:
         raise NotImplementedError
 
+    def main_stack(self, model: nn.Module) -> nn.ModuleList | None:
+        """The encoder's blocks (a seq2seq model keeps its decoder), else a decoder-only model's; None if none."""
+        stacks = self.stacks(model)
+        return stacks.get("encoder", stacks.get("decoder"))
+
     def fixed_blocks(self, model: nn.Module) -> set[int]:
         """Indices of main-stack blocks that depth pruning must keep (the others depend on them)."""
         return set()

@@ -158,14 +158,13 @@ class SpeechFamily(HFFamily):
 
 # ---- site builders for the usual layouts ----------------------------------------------------------
 
-def counts_setter(m: nn.Module, heads: str | None = None, kv: str | None = None,
+def counts_setter(m: nn.Module, heads: str | None = None,
                   extra: Callable[[int], None] | None = None) -> Callable[[int, int], None]:
-    """A `set_heads(n, n_kv)` that updates the module's own count attributes, where it has them."""
-    def set_heads(n: int, n_kv: int) -> None:
+    """A `set_heads(n, n_kv)` that updates the module's own head-count attribute, where it has one (the
+    layouts using this keep no key/value count of their own)."""
+    def set_heads(n: int, _n_kv: int) -> None:
         if heads and hasattr(m, heads):
             setattr(m, heads, n)
-        if kv and hasattr(m, kv):
-            setattr(m, kv, n_kv)
         if extra:
             extra(n)
     return set_heads
