@@ -56,7 +56,7 @@ def model_of(name: str) -> torch.nn.Module:
     return tiny(name)
 
 
-def pooled(model, out: torch.Tensor, kwargs: dict) -> torch.Tensor:
+def pooled(model, out: torch.Tensor) -> torch.Tensor:
     """Compare token outputs of differing lengths by their (size-weighted) mean over tokens."""
     sizes = token_sizes(model)
     if sizes is None or out.dim() != 3:
@@ -83,7 +83,7 @@ def cell(base, recipe: str) -> dict:
         model, record = compress_model(copy.deepcopy(base), recipe, calib=calib)
         out, ref = output(model, fresh), output(base, fresh)
         if out.shape != ref.shape:
-            out, ref = pooled(model, out, fresh[1]), ref.mean(1) if ref.dim() == 3 else ref
+            out, ref = pooled(model, out), ref.mean(1) if ref.dim() == 3 else ref
         cos = F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
         with tempfile.TemporaryDirectory() as d:
             io.save_model(model, Path(d) / "m", recipe=record)
