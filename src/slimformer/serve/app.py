@@ -34,11 +34,13 @@ from .http import HTTPError
 from .images import ImageClassifier
 from .kinds import Kind, Limits
 from .metrics import Metrics
+from .speech import SpeechRecognizer
 from .text import TextEncoder
+from .translate import Translator
 
 log = logging.getLogger(__name__)
 
-KINDS: tuple[type[Kind], ...] = (TextEncoder, ImageClassifier)  # translators, speech: add their Kind here
+KINDS: tuple[type[Kind], ...] = (TextEncoder, ImageClassifier, SpeechRecognizer, Translator)
 RETRY_AFTER_S = 1
 
 

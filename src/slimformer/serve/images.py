@@ -1,6 +1,11 @@
-"""Image classifiers: `POST /v1/classify` with `{"input": [C, H, W] or [N, C, H, W] array, "top_k": k}`,
-the image already resized and normalized the way the model was trained (`/info` gives the shape);
-answers the top-k labels with softmax scores per image. Checked by `guard.check_images` first."""
+"""Image classifiers: `POST /v1/classify`, answering the top-k labels with softmax scores per image.
+
+Two forms: JSON `{"input": [C, H, W] or [N, C, H, W] array, "top_k": k}`, the image already resized
+and normalized the way the model was trained (`/info` gives the shape), or a multipart upload of one
+PNG / JPEG in `file` (and `top_k` as a form field), which the server decodes, converts to the model's
+channels, resizes and normalizes itself (`pixels.Preprocess`: how the model dir says it was trained).
+Both are checked by `guard.check_images` before they are queued.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,8 +24,10 @@ from .. import guard, io
 from ..errors import SlimformerError
 from ..families import find_family
 from ..parallel.serve import Handler
-from .http import FastJSON, HTTPError, field, json_body
+from .http import FastJSON, HTTPError, field, json_body, short
 from .kinds import Kind, Limits
+from .pixels import Preprocess, decode
+from .upload import is_multipart, read_form
 
 
 class ImageHandler(Handler):
@@ -59,6 +67,7 @@ class ImageClassifier(Kind):
         c = model.config
         self.shape = (int(getattr(c, "in_channels", None) or c.num_channels), int(c.image_size), int(c.image_size))
         self.labels = labels_of(ref, model)
+        self.preprocess = Preprocess.of(ref, self.shape)
 
     @staticmethod
     def matches(model: nn.Module) -> bool:
@@ -75,7 +84,8 @@ class ImageClassifier(Kind):
         return [Route("/v1/classify", classify, methods=["POST"])]
 
     def info(self) -> dict[str, Any]:
-        return {"input_shape": list(self.shape), "labels": self.labels, "max_inputs": self.limits.max_inputs}
+        return {"input_shape": list(self.shape), "labels": self.labels, "max_inputs": self.limits.max_inputs,
+                "upload_preprocess": self.preprocess.describe()}
 
     def images(self, body: dict[str, Any]) -> np.ndarray:
         if body.get("input") is None:
@@ -93,15 +103,33 @@ class ImageClassifier(Kind):
         if len(images) > self.limits.max_inputs:
             raise HTTPError(413, f"'input' has {len(images)} images; at most {self.limits.max_inputs} per request "
                                  "(--max-inputs)", "input")
+        return self.checked(images, "input")
+
+    def checked(self, images: np.ndarray, name: str) -> np.ndarray:
         try:
             guard.check_images(self.model, torch.from_numpy(images))
         except SlimformerError as e:
-            raise HTTPError(422, f"input: {e}", "input") from None
+            raise HTTPError(422, f"{name}: {e}", name) from None
         return images
 
+    async def upload(self, request: Request) -> tuple[np.ndarray, dict[str, Any]]:
+        """The uploaded image as the model's input `[1, C, H, W]`, and the form's `top_k` (None if absent)."""
+        form = await read_form(request, self.limits.max_body_bytes)
+        top_k = form.get("top_k")
+        if top_k is not None:
+            try:
+                top_k = int(top_k)
+            except ValueError:
+                raise HTTPError(422, f"'top_k' must be int, got {short(top_k)}", "top_k") from None
+        image = await run_in_threadpool(decode, form.data, self.preprocess)
+        return self.checked(image[None], "file"), {"top_k": top_k}
+
     async def classify(self, service: Any, request: Request) -> FastJSON:
-        body = await json_body(request, self.limits.max_body_bytes)
-        images = self.images(body)
+        if is_multipart(request):
+            images, body = await self.upload(request)
+        else:
+            body = await json_body(request, self.limits.max_body_bytes)
+            images = self.images(body)
         k = field(body, "top_k", int, min(5, len(self.labels)))
         if not 1 <= k <= len(self.labels):
             raise HTTPError(422, f"'top_k' must be in [1, {len(self.labels)}], got {k}", "top_k")
