@@ -115,3 +115,26 @@ def test_benchmark_tiny(tmp_path):
     assert names == ["fp32", "int8"]
     assert report["results"][1]["metrics"]["cosine"] > 0.99
     assert (tmp_path / "compress.md").exists() and (tmp_path / "compress.json").exists()
+
+
+@pytest.mark.parametrize("name", ["whisper", "t5"])
+def test_decoder_scope_leaves_the_encoder_in_float(name):
+    """scope=decoder: every projection under the encoder stays float, every decoder / head one is int8,
+    and the model still runs close to fp32; an encoder-only model is refused with the valid value."""
+    from slimformer.families import example_inputs
+    from slimformer.families.zoo import tiny
+
+    model = tiny(name)
+    args, kwargs = example_inputs(model, batch=2, seq_len=16)
+    ref = _out(model, args, kwargs)
+    q, record = compress_model(copy.deepcopy(model), "int8:scope=decoder")
+    modules = record[-1]["state"]["modules"]
+    assert modules and not any(".encoder." in f".{m}" for m in modules)
+    assert any(".decoder." in f".{m}" for m in modules)
+    for n, m in q.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            assert "encoder" in n, n  # nothing on the decoder side was left in float
+    out = _out(q, args, kwargs)
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > TOL["int8"][1]
+    with pytest.raises(SlimformerError, match="scope.*encoder-decoder.*valid here: all"):
+        compress_model(io.load("encoder-small"), "int8:scope=decoder")

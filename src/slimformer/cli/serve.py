@@ -1,4 +1,5 @@
-"""`slimformer serve MODEL`: the model over HTTP (OpenAI / TEI-compatible embeddings, image classes).
+"""`slimformer serve MODEL`: the model over HTTP (OpenAI / TEI-compatible embeddings, image classes, OpenAI
+audio transcriptions for Whisper, translations for seq2seq translators).
 
 Everything a user can get wrong (model, recipe, limits, a port in use) is refused here with one line,
 before any worker process starts. With `--recipe` the model is compressed once into a temporary model
@@ -46,13 +47,17 @@ def serve(
 ) -> None:
     """Serve MODEL over HTTP until SIGTERM or Ctrl-C (in-flight requests are answered first).
 
-    Text encoders: POST /v1/embeddings (OpenAI) and POST /embed (TEI). Image classifiers: POST /v1/classify.
-    All: GET /health, /info, /metrics (Prometheus). With --ray, Ray Serve runs --replicas copies of the app
-    (set RAY_ADDRESS to join a Ray cluster).
+    Text encoders: POST /v1/embeddings (OpenAI) and POST /embed (TEI). Image classifiers: POST /v1/classify
+    (JSON array or PNG/JPEG upload). Whisper: POST /v1/audio/transcriptions (OpenAI, multipart `file`).
+    Seq2seq translators: POST /v1/translate. All: GET /health, /info, /metrics (Prometheus). With --ray, Ray
+    Serve runs --replicas copies of the app (set RAY_ADDRESS to join a Ray cluster).
 
     Example: slimformer serve minilm --recipe recipes/minilm-fast.yaml --task embedding --port 8000
 
     curl -s localhost:8000/v1/embeddings -H 'content-type: application/json' -d '{"input": "Hello", "model": "minilm"}'
+
+    slimformer serve whisper-tiny-en --recipe recipes/whisper-fast.yaml  then
+    curl -s localhost:8000/v1/audio/transcriptions -F file=@clip.wav -F model=whisper-tiny-en
     """
     from .. import api
     from ..errors import SlimformerError

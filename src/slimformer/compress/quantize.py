@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
+from ..families import family_of
 from ..families.sites import conv1d_to_linear, is_conv1d, is_linear_like
 from .calibrate import input_ranges, smoothing
 from .registry import Step, StepContext, register
@@ -62,6 +63,12 @@ class Int8WeightOptions:
     # also store nn.Embedding tables as int8 (per-row scale, dequantized row by row on lookup): half of
     # MiniLM's parameters are its word embeddings, so without this the file cannot shrink below ~0.6x
     embeddings: bool = True
+    # "decoder": on an encoder-decoder model, quantize only the decoder side (its blocks, LM head and
+    # token tables) and leave the encoder in float. Why: decoding at batch 1 reads every decoder weight
+    # once per generated token (memory-bound, where 4x smaller weights pay off), while the encoder runs
+    # once per input and is where int8 noise costs most in Whisper (noisy-audio WER 0.48 -> 0.77 with
+    # the whole model in int8, benchmarks/results/speech.md). The family names the encoder.
+    scope: Literal["all", "decoder"] = "all"
 
 
 @dataclass
@@ -303,9 +310,22 @@ def _quantized_weight(weight: Tensor, dynamic: bool) -> Tensor:
 
 def _named_linears(model: nn.Module, skip: list[str]) -> list[str]:
     """Names of the projections to quantize: `nn.Linear` and transformers' `Conv1D` (GPT-2)."""
-    return [name for name, m in model.named_modules() if is_linear_like(m)
-            and not any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name.rsplit(".", 1)[-1], p)
-                        for p in skip)]
+    return [name for name, m in model.named_modules() if is_linear_like(m) and not _skipped(name, skip)]
+
+
+def _encoder_patterns(model: nn.Module, step: str) -> list[str]:
+    """Name patterns of everything under the module holding the family's encoder stack (scope=decoder)."""
+    stacks = family_of(model, f"step {step!r} scope=decoder").stacks(model)
+    if not {"encoder", "decoder"} <= set(stacks):
+        raise SlimformerError(f"option 'scope' of step {step!r}: 'decoder' needs an encoder-decoder model; "
+                              f"{type(model).__name__} has stacks {sorted(stacks) or 'none'} (valid here: all)")
+    name = next(n for n, m in model.named_modules() if m is stacks["encoder"])
+    holder = name.rpartition(".")[0]
+    return [holder, holder + ".*"] if holder else [name, name + ".*"]
+
+
+def _skipped(name: str, skip: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name.rsplit(".", 1)[-1], p) for p in skip)
 
 
 def _as_linear(model: nn.Module, name: str) -> nn.Linear:
@@ -337,10 +357,13 @@ def _embeddings(model: nn.Module) -> dict[int, list[str]]:
     return out
 
 
-def _quantize_embeddings(model: nn.Module, tied: dict[int, Int8Linear]) -> list[str]:
-    """Swap every token table for an Int8Embedding; returns the first name of each."""
+def _quantize_embeddings(model: nn.Module, tied: dict[int, Int8Linear], skip: list[str]) -> list[str]:
+    """Swap every token table (but those only reachable at skipped names) for an Int8Embedding; returns
+    the first name of each."""
     first = []
     for names in _embeddings(model).values():
+        if all(_skipped(n, skip) for n in names):
+            continue
         emb = model.get_submodule(names[0])
         new = Int8Embedding.from_embedding(emb, tied.get(emb.weight.data_ptr()))
         for name in names:
@@ -397,10 +420,11 @@ def _check_activations(opts: Int8WeightOptions, dynamic: bool) -> bool:
 def _apply_int8(dynamic: bool):
     def apply(model: nn.Module, opts: Int8WeightOptions, ctx: StepContext) -> nn.Module:
         step = _step_name(dynamic)
-        names = _named_linears(model, opts.skip)
+        skip = opts.skip + (_encoder_patterns(model, step) if opts.scope == "decoder" else [])
+        names = _named_linears(model, skip)
         if not names:
             raise SlimformerError(f"step {step!r}: {type(model).__name__} has no nn.Linear or Conv1D left to "
-                                  f"quantize (skip={opts.skip})")
+                                  f"quantize (skip={opts.skip}, scope={opts.scope})")
         for name in names:
             _as_linear(model, name)
         ranges = input_ranges(model, names, ctx, step) if _check_activations(opts, dynamic) else None
@@ -409,7 +433,7 @@ def _apply_int8(dynamic: bool):
                  opts.activations if dynamic else "weight-only")
         tied = _quantize(model, opts, dynamic, names, ranges)
         if opts.embeddings:
-            ctx.state["embeddings"] = _quantize_embeddings(model, tied)
+            ctx.state["embeddings"] = _quantize_embeddings(model, tied, skip)
         return _compile(model) if opts.compile else model
     return apply
 

@@ -383,6 +383,13 @@ class Server:
         return len(self.waiting) >= cfg.max_batch or bool(
             cfg.max_batch_tokens and sum(w[3] for w in self.waiting) >= cfg.max_batch_tokens)
 
+    def _share(self) -> int:
+        """Most items for the next batch: the queue split evenly over the idle workers, so one worker
+        does not take all waiting requests while another idles (benchmarks/results/serve_http.md was
+        measured with this; its effect on p99 there was within run-to-run noise)."""
+        idle = sum(1 for s in self.slots if s.ready and not s.gone and not s.batches)
+        return max(1, min(self.config.max_batch, -(-len(self.waiting) // max(1, idle))))
+
     def _next_batch(self) -> tuple[_Slot, list] | None:
         """Wait for a free worker and a batch worth sending (full, or its oldest request waited
         `max_wait_ms`); take the batch off the queue and book it on that worker."""
@@ -397,7 +404,7 @@ class Server:
                 if wait > 0 and not self._filled():
                     self._cond.wait(wait)
                     continue
-                chosen = pick_batch([w[3] for w in self.waiting], cfg.max_batch, cfg.max_batch_tokens)
+                chosen = pick_batch([w[3] for w in self.waiting], self._share(), cfg.max_batch_tokens)
                 picked = set(chosen)
                 batch = [self.waiting[i] for i in chosen]
                 self.waiting = deque(w for i, w in enumerate(self.waiting) if i not in picked)

@@ -109,7 +109,10 @@ def greedy(model: nn.Module, feats: Tensor, max_length: int | None = None, lean:
 
     cfg = model.config
     max_length = max_length or cfg.max_target_positions
-    memory = model.model.encoder(input_features=feats).last_hidden_state
+    # the encoder is called directly (not through the model's forward, where the bf16 step casts its
+    # inputs), so the features take the weights' dtype here; logits come back as fp32 either way
+    encoder = model.model.encoder
+    memory = encoder(input_features=feats.to(encoder.conv1.weight.dtype)).last_hidden_state
     always, begin = _suppress_masks(model)
     batch = feats.shape[0]
     step_input = torch.tensor([prompt(model)] * batch)
