@@ -42,7 +42,7 @@ from slimformer.tasks import speech
 
 log = logging.getLogger("speech-bench")
 RESULTS = Path(__file__).parent / "results"
-RECIPES = ["audio-trim", "int8", "audio-trim+int8"]
+RECIPES = ["audio-trim", "audio-trim+int8:scope=decoder", "audio-trim+int8"]
 Transcriber = Callable[[Sequence[np.ndarray]], list[str]]
 
 

@@ -170,3 +170,28 @@ def test_a_registered_toy_step_is_swept(monkeypatch, tmp_path):
     assert [c.recipe for c in singles["toy"]] == ["toy:strength=0.1", "toy:strength=0.2", "toy:strength=0.3"]
     combos = s.combine(singles, lambda c: None)
     assert any(c.recipe.startswith("toy:strength=0.3+int8") for c in combos)
+
+
+def test_decoder_scope_only_on_encoder_decoder_models():
+    """Precision steps that can leave the encoder in float are tried on the decoder alone where the
+    model has both stacks (Whisper: the encoder is where int8 costs WER), and nowhere else."""
+    steps = all_steps()
+    assert "int8:scope=decoder" in family_grid(steps["int8"], tokens=65, seq2seq=True)
+    assert not [r for r in family_grid(steps["int8"], tokens=65) if "scope" in r]
+    assert family_grid(steps["bf16"], tokens=65, seq2seq=True) == family_grid(steps["bf16"], tokens=65)
+    for recipe in family_grid(steps["int8"], tokens=65, seq2seq=True):
+        parse_recipe(recipe)
+
+
+def test_steps_that_cannot_apply_are_left_out(tmp_path):
+    """audio-trim says it applies to Whisper only: a search over a ViT leaves it out instead of spending
+    candidates on a step that can only refuse; on a Whisper model it is in the space."""
+    from test_ct2format import tiny_whisper
+
+    from slimformer.search import Search
+
+    steps = all_steps()
+    assert steps["audio-trim"].applies(tiny_whisper()) and steps["audio-trim"].role == "tokens"
+    s = Search(SearchConfig(model="vit-tiny", task="digits", max_drop=0.01, out=tmp_path,
+                            steps=["audio-trim", "int8"]))
+    assert set(s.steps) == {"int8"} and not s.seq2seq

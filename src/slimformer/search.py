@@ -37,6 +37,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,25 +129,29 @@ def setting(step: Step, knob: Knob, value: Any) -> str:
     return f"{step.name}:{knob.presets + ',' if knob.presets else ''}{knob.option}={value}"
 
 
-def family_grid(step: Step, tokens: int, text: bool = False) -> list[str]:
+def family_grid(step: Step, tokens: int, text: bool = False, seq2seq: bool = False) -> list[str]:
     """The inline settings of one step, mild to aggressive ([name] for a flag; [] for a step the search
-    leaves out). `text`: the model takes variable-length text (the step's text knob applies)."""
+    leaves out). `text`: the model takes variable-length text (the step's text knob applies);
+    `seq2seq`: the model has an encoder and a decoder (precision steps may also cover the decoder only)."""
     if step.role == "precision":
-        return switch_grid(step)
+        return switch_grid(step, seq2seq)
     if step.role == "flag":
         return [step.name]
     knob = knob_of(step, text)
     return [setting(step, knob, v) for v in knob.grid(tokens)] if knob and step.role in EXPLORED else []
 
 
-def switch_grid(step: Step) -> list[str]:
+def switch_grid(step: Step, seq2seq: bool = False) -> list[str]:
     """A precision step as is, then compiled where it offers that (fuses the dequantize work), then
-    compiled with calibrated activation scales where it offers those (quantizing fuses away too)."""
+    compiled with calibrated activation scales where it offers those (quantizing fuses away too). On an
+    encoder-decoder model, a step that can leave the encoder in float (`scope`) is also tried on the
+    decoder alone: decoding is memory-bound, the encoder is where precision costs quality (Whisper)."""
     fields = {f.name for f in dataclasses.fields(step.options)}
+    scoped = [f"{step.name}:scope=decoder"] if seq2seq and "scope" in fields else []
     if "compile" not in fields:
-        return [step.name]
+        return [step.name] + scoped
     return [step.name, f"{step.name}:compile=true"] + ([f"{step.name}:activations=static,compile=true"]
-                                                       if "activations" in fields else [])
+                                                       if "activations" in fields else []) + scoped
 
 
 def midpoint(opt: str, lo: Any, hi: Any) -> Any | None:
@@ -171,7 +176,9 @@ class Search:
         self.applied = recipe_of(cfg.model)
         family = family_of(self.base, "search")
         images = family.dims(self.base).images
-        self.batch = cfg.batch or (64 if images else 32)
+        # a task's workload runs its own calls (batch 1 transcription): the example inputs only serve the
+        # peak-memory measurement, at batch 1 too
+        self.batch = cfg.batch or (1 if hasattr(self.task, "workload") else 64 if images else 32)
         self.text = not images  # variable-length rows (TEXT_KNOBS)
         self.tokens = family.token_count(self.base, cfg.seq_len)
         self.inputs = example_inputs(self.base, batch=self.batch, seq_len=cfg.seq_len)
@@ -179,8 +186,13 @@ class Search:
         unknown = sorted(set(cfg.steps or []) - set(registered))
         if unknown:
             raise SlimformerError(f"--steps: unknown {', '.join(unknown)}; steps: {', '.join(sorted(registered))}")
+        self.seq2seq = {"encoder", "decoder"} <= set(family.stacks(self.base))
         self.steps = {n: s for n, s in registered.items() if (cfg.steps is None or n in cfg.steps)
-                      and s.role in EXPLORED}
+                      and s.role in EXPLORED and (s.applies is None or s.applies(self.base))}
+        # a task whose model is used through more than one forward call (Whisper: an encoder pass, then
+        # one decoder call per token) says what one use is; otherwise a forward on example inputs is timed
+        self.workload = getattr(self.task, "workload", None)
+        self.screen = getattr(self.task, "screen", self.task.evaluate)
         # the step that trains a structural setting back toward fp32 when it misses the budget
         self.recovery = next((n for n, s in registered.items() if s.role == "recovery"), None)
         self.evaluated = 0  # candidates computed in this process (not served from the cache)
@@ -222,16 +234,22 @@ class Search:
         atomic.write_text(self.cache_path, json.dumps({"key": self.key(), "candidates": self.cache}, indent=1))
 
     # ---- one candidate --------------------------------------------------------------------------
-    def quick_latency(self, model: nn.Module) -> float:
+    def call(self, model: nn.Module) -> Callable[[], object]:
+        """What one timed call of `model` is: the task's workload, or a forward on the example inputs."""
+        if self.workload is not None:
+            return self.workload(model)
         args, kwargs = self.inputs
+        return lambda: model(*args, **kwargs)
+
+    def quick_latency(self, model: nn.Module) -> float:
         # about quick_seconds of timing per candidate, between 4 and 15 calls
         q = self.cfg.quick_seconds
         if self.base_ms is None:
-            return measure(lambda: model(*args, **kwargs), self.batch, repeats=10, warmup_seconds=q).p50_ms
+            return measure(self.call(model), self.batch, repeats=10, warmup_seconds=q).p50_ms
         # Paired with fp32, interleaved: the load on a shared machine drifts during a search, so a
         # candidate's latency is its ratio to fp32 *now*, scaled to the fp32 latency measured at the start.
         rounds = int(min(15, max(4, q / max(self.base_ms / 1000, 1e-3))))
-        t = interleaved({"fp32": lambda: self.base(*args, **kwargs), "cand": lambda: model(*args, **kwargs)},
+        t = interleaved({"fp32": self.call(self.base), "cand": self.call(model)},
                         self.batch, rounds=rounds, calls_per_round=1, warmup_seconds=q / 2)
         return self.base_ms * t["cand"].p50_ms / t["fp32"].p50_ms
 
@@ -249,7 +267,7 @@ class Search:
         cand = Candidate(recipe)
         try:
             model = self.build(recipe)
-            cand.metric = float(self.task.evaluate(model)[self.metric_name])
+            cand.metric = float(self.screen(model)[self.metric_name])
             cand.drop = self.base_metric - cand.metric
             cand.ok = cand.drop <= self.cfg.max_drop + 1e-9
             if cand.ok:  # cheap first: latency only for candidates inside the budget
@@ -303,7 +321,7 @@ class Search:
         feasible: dict[str, list[Candidate]] = {}
         for name, step in sorted(self.steps.items(), key=lambda kv: kv[1].priority):
             knob = knob_of(step, self.text) if step.role in ("structural", "tokens") else None
-            values = knob.grid(self.tokens) if knob else family_grid(step, self.tokens, self.text)
+            values = knob.grid(self.tokens) if knob else family_grid(step, self.tokens, self.text, self.seq2seq)
             kept: list[Candidate] = []
             distilled = False
 
@@ -393,12 +411,12 @@ class Search:
         out = Path(self.cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         self.load_cache()
-        self.base_metric = float(self.task.evaluate(self.base)[self.metric_name])
+        self.base_metric = float(self.screen(self.base)[self.metric_name])
         self.base_ms = self.quick_latency(self.base)
         if self.console:
             self.console.log(f"fp32: {self.metric_name} {self.base_metric:.4f}, {self.base_ms:.1f} ms/batch "
                              f"(batch {self.batch}, {self.cfg.threads} threads); budget: drop <= {self.cfg.max_drop}")
-        total = sum(len(family_grid(s, self.tokens, self.text)) for s in self.steps.values())
+        total = sum(len(family_grid(s, self.tokens, self.text, self.seq2seq)) for s in self.steps.values())
         with progress_bar() as bar:
             job = bar.add_task("search", total=total * 2, info="")
 
@@ -433,12 +451,22 @@ class Search:
         with tempfile.TemporaryDirectory(prefix="slimformer-search-") as tmp:
             variants = [torch_variant("fp32", self.base, "", self.applied, self.inputs, Path(tmp), self.batch,
                                       self.cfg.seq_len, {self.metric_name: self.base_metric})]
+            built = []
             for c in front:
                 model, record = compress_model(copy.deepcopy(self.base), c.recipe, self.cfg.task, self.applied)
+                built.append(model)
                 variants.append(torch_variant(c.recipe, model, c.recipe, record, self.inputs, Path(tmp), self.batch,
                                               self.cfg.seq_len, {self.metric_name: c.metric}))
-            variants += baseline_variants(self.base, self.cfg.baselines, self.inputs, Path(tmp), self.cfg.threads,
-                                          self.cfg.task)
+            if self.workload is not None:
+                for v, model in zip(variants, [self.base, *built], strict=True):
+                    v.fn = self.call(model)
+                if self.cfg.baselines:
+                    log.warning("baselines %s skipped: they time one forward call, task %s times its own "
+                                "workload (its peers: benchmarks/%s.py)", ",".join(self.cfg.baselines),
+                                self.cfg.task, self.cfg.task)
+            else:
+                variants += baseline_variants(self.base, self.cfg.baselines, self.inputs, Path(tmp),
+                                              self.cfg.threads, self.cfg.task)
             say = (lambda m: self.console.log(m)) if self.console else None
             results = measure_variants(variants, self.batch, self.tokens, self.cfg.threads, self.cfg.task,
                                        rounds=self.cfg.final_rounds, max_seconds=self.cfg.final_seconds,

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SlimformerError
-from .registry import Step, StepContext, register
+from .registry import Knob, Step, StepContext, register
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,15 @@ def _trimmed_forward(self, input_features: Tensor, attention_mask=None, **kwargs
     return BaseModelOutput(last_hidden_state=self.layer_norm(hidden))
 
 
-def _encoder(model: nn.Module) -> nn.Module:
+def _whisper_encoder(model: nn.Module) -> nn.Module | None:
     encoder = getattr(getattr(model, "model", None), "encoder", None)
-    if encoder is None or not all(hasattr(encoder, a) for a in ("conv1", "conv2", "embed_positions", "layers")):
+    ok = encoder is not None and all(hasattr(encoder, a) for a in ("conv1", "conv2", "embed_positions", "layers"))
+    return encoder if ok else None
+
+
+def _encoder(model: nn.Module) -> nn.Module:
+    encoder = _whisper_encoder(model)
+    if encoder is None:
         raise SlimformerError(f"step 'audio-trim': {type(model).__name__} is not a Hugging Face Whisper model "
                               "(model.encoder with conv1, conv2, embed_positions, layers)")
     return encoder
@@ -114,4 +120,7 @@ def _restore(model: nn.Module, opts: AudioTrimOptions, state: dict) -> nn.Module
 
 register(Step("audio-trim", AudioTrimOptions, _apply,
               "Whisper: encode only the frames holding audio (+ margin), not the 30 s window", restore=_restore,
-              order=95, detect=lambda m: any(type(x) in _SUBCLASSES.values() for x in m.modules())))
+              order=95, role="tokens", applies=lambda m: _whisper_encoder(m) is not None,
+              # the margin of padding kept after the audio, mild to aggressive (30 s keeps the whole window)
+              knob=Knob("margin_s", (2.0, 1.0, 0.5), identity=30.0),
+              detect=lambda m: any(type(x) in _SUBCLASSES.values() for x in m.modules())))

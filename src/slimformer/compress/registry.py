@@ -84,6 +84,9 @@ class Step:
     text_knob: Knob | None = None       # the knob for variable-length text inputs, where it differs
     order: int = 99                     # place in a recipe the search builds (structure first, precision last)
     priority: int = 99                  # explored earlier when time is short (cheap, usually a big win)
+    # Whether the step can apply to a model at all (None: to any); the search leaves it out elsewhere
+    # rather than spend candidates on a step that can only refuse (audio-trim on a text encoder).
+    applies: Callable[[nn.Module], bool] | None = None
     # Options that older saved dirs recorded and the step no longer takes: ignored when a saved recipe
     # is replayed, so those dirs still load.
     legacy_options: tuple[str, ...] = ()

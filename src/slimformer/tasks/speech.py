@@ -15,7 +15,7 @@ window. The decoder runs on a key/value cache, one token per step; rows that end
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -194,6 +194,24 @@ def evaluate(model: nn.Module, n: int | None = None, batch: int = BATCH) -> dict
             results[f"{metric}_{name}"] = value
     results["word_accuracy"] = 1 - (results["wer_clean"] + results["wer_noisy"]) / 2
     return results
+
+
+SCREEN_CLIPS = 96  # test clips (each clean and noisy) a search scores a candidate on
+WORKLOAD_CLIPS = 2  # dev clips one timed search call transcribes
+
+
+def screen(model: nn.Module) -> dict[str, float]:
+    """The metrics on the first SCREEN_CLIPS test clips: what `slimformer search` ranks candidates by,
+    since scoring every candidate on all 640 clips would take most of a search's time."""
+    return evaluate(model, n=SCREEN_CLIPS)
+
+
+def workload(model: nn.Module) -> Callable[[], list[str]]:
+    """One timed call in `slimformer search`: dev clips transcribed one at a time (batch 1, greedy).
+    A forward on example inputs would time one decoder step on the full window, which measures
+    neither the trimmed encoder nor the token-by-token decoding that make up a transcription."""
+    audios = [c.audio for c in data.load("dev")[:WORKLOAD_CLIPS]]
+    return lambda: [transcribe(model, [a], batch=1)[0] for a in audios]
 
 
 def calibration(n: int = 16, batch: int = 8) -> Iterator[tuple]:
