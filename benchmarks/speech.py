@@ -10,7 +10,10 @@ and at 10 dB SNR) with greedy decoding (`beam_size=1`, prompt without timestamps
 - slimformer recipes applied to the converted model (`--recipe`, repeatable).
 WER / CER come from one pass over all clips (batch `--wer-batch`); speed from batch-1 calls timed
 round-robin over `--timing-clips` clean clips, every system on the same clip in turn, so machine noise
-hits all of them alike. RTF = seconds spent / seconds of audio. Size: our weights as saved
+hits all of them alike. Each system runs in a spawned process of its own, for both passes
+(`slimformer.bench.isolated`): in one process, CTranslate2's OpenMP runtime more than doubled the time of
+torch's batch-1 decoding steps, and the WER of a recipe measured after the peers had run there moved.
+RTF = seconds spent / seconds of audio. Size: our weights as saved
 (safetensors bytes of the state dict); CTranslate2 rows give the packaged file (float16 on disk,
 converted to the compute type when loaded).
 
@@ -21,20 +24,20 @@ converted to the compute type when loaded).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from slimformer import atomic, ct2format, io
-from slimformer.api import compress_model
+from slimformer.bench import isolated
+from slimformer.bench.asr import AsrSystem, faster_whisper_available
 from slimformer.bench.env import environment, features_line
 from slimformer.data import speech as data
 from slimformer.models import whisper_ct2
@@ -43,7 +46,6 @@ from slimformer.tasks import speech
 log = logging.getLogger("speech-bench")
 RESULTS = Path(__file__).parent / "results"
 RECIPES = ["audio-trim", "audio-trim+int8:scope=decoder", "audio-trim+int8"]
-Transcriber = Callable[[Sequence[np.ndarray]], list[str]]
 
 
 def state_mb(model: torch.nn.Module) -> float:
@@ -51,73 +53,19 @@ def state_mb(model: torch.nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
 
 
-def ours(model: torch.nn.Module, batch: int, max_length: int | None, lean: bool = True) -> Transcriber:
-    return lambda audios: speech.transcribe(model, audios, batch=batch, max_length=max_length, lean=lean)
-
-
-def ct2_system(model_dir: Path, compute_type: str, threads: int, batch: int, max_length: int) -> Transcriber:
-    import ctranslate2
-
-    peer = ctranslate2.models.Whisper(str(model_dir), device="cpu", compute_type=compute_type,
-                                      intra_threads=threads, inter_threads=1)
-    prompt = [speech.tokenizer().convert_tokens_to_ids(t) for t in ("<|startoftranscript|>", "<|notimestamps|>")]
-
-    def run(audios: Sequence[np.ndarray]) -> list[str]:
-        out: list[str] = []
-        for i in range(0, len(audios), batch):
-            feats = speech.features(audios[i:i + batch]).numpy()
-            result = peer.generate(ctranslate2.StorageView.from_array(feats), [prompt] * len(feats), beam_size=1,
-                                   max_length=max_length)
-            out += speech.decode([r.sequences_ids[0] for r in result])
-        return out
-    return run
-
-
-def faster_whisper_system(model_dir: Path, threads: int, max_length: int) -> Transcriber | None:
-    try:
-        from faster_whisper import WhisperModel
-    except ImportError:
-        log.warning("faster-whisper not installed (pip install -e '.[speech-bench]'); its row is skipped")
-        return None
-    fw = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
-
-    def run(audios: Sequence[np.ndarray]) -> list[str]:
-        out = []
-        for a in audios:
-            segments, _ = fw.transcribe(a, language="en", beam_size=1, best_of=1, temperature=0.0, vad_filter=False,
-                                        without_timestamps=True, condition_on_previous_text=False,
-                                        max_new_tokens=max_length - 2)
-            out.append(" ".join(s.text.strip() for s in segments).strip())
-        return out
-    return run
-
-
-def word_errors(run: Transcriber, clean: Sequence[data.Clip], noisy: Sequence[data.Clip]) -> dict[str, float]:
+def word_errors(name: str, spec: AsrSystem, clean: Sequence[data.Clip],
+                noisy: Sequence[data.Clip]) -> dict[str, float]:
+    """WER / CER on the clean and the noisy clips, the system built in a process of its own."""
+    passes = isolated.call_isolated(name, spec.build, [[c.audio for c in clean], [c.audio for c in noisy]])
     out: dict[str, float] = {}
-    for name, clips in (("clean", clean), ("noisy", noisy)):
-        start = time.perf_counter()
-        hyps = run([c.audio for c in clips])
+    for (seconds, hyps), split, clips in zip(passes, ("clean", "noisy"), (clean, noisy), strict=True):
         for metric, value in speech.error_rates([c.text for c in clips], hyps).items():
-            out[f"{metric}_{name}"] = round(value, 5)
-        out[f"wer_pass_s_{name}"] = round(time.perf_counter() - start, 2)
+            out[f"{metric}_{split}"] = round(value, 5)
+        out[f"wer_pass_s_{split}"] = round(seconds, 2)
     return out
 
 
-def time_round_robin(systems: dict[str, Transcriber], clips: Sequence[data.Clip]) -> dict[str, list[float]]:
-    """Seconds per batch-1 call, system after system on the same clip, start rotating each clip."""
-    names = list(systems)
-    for name in names:  # warm-up: first calls pay one-off kernel setup
-        systems[name]([clips[0].audio])
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for i, clip in enumerate(clips):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            start = time.perf_counter()
-            systems[name]([clip.audio])
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def tiny_setup(tmp: Path) -> tuple[torch.nn.Module, Path, list[data.Clip]]:
+def tiny_setup(tmp: Path) -> tuple[Path, list[data.Clip]]:
     """A random d=32 Whisper written as a CTranslate2 dir (so every system runs it) and two short clips."""
     import shutil
 
@@ -132,7 +80,22 @@ def tiny_setup(tmp: Path) -> tuple[torch.nn.Module, Path, list[data.Clip]]:
     for name in ("vocabulary.txt", "tokenizer.json", "config.json"):
         shutil.copy(whisper_ct2.packaged_dir() / name, tmp / name)
     clips = [data.Clip(t, "en-us", 150, data.synthesize(t, "en-us", 150)) for t in ("Hello there.", "Go home now.")]
-    return whisper_ct2.load_dir(tmp), tmp, clips
+    return tmp, clips
+
+
+def systems(model_dir: str, recipes: Sequence[str], threads: int, batch: int,
+            max_length: int) -> dict[str, AsrSystem]:
+    """Every row of the table, by name, in table order."""
+    def system(kind: str, option: str = "") -> AsrSystem:
+        return AsrSystem(kind, model_dir, option, threads=threads, batch=batch, max_length=max_length)
+
+    out = {"hf-fp32": system("hf"), "fp32-lean": system("ours"),
+           "ct2-float32": system("ct2", "float32"), "ct2-int8": system("ct2", "int8")}
+    if faster_whisper_available():
+        out["faster-whisper-int8"] = system("faster-whisper")
+    else:
+        log.warning("faster-whisper not installed (pip install -e '.[speech-bench]'); its row is skipped")
+    return out | {r: system("ours", r) for r in recipes}
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -142,7 +105,7 @@ def table(doc: dict[str, Any]) -> str:
              features_line(doc["env"]), "",
              f"{doc['config']['threads']} threads; WER pass batch {doc['config']['wer_batch']}; speed: batch 1, "
              f"{doc['config']['timing_clips']} clean clips ({doc['config']['timing_audio_s']:.0f} s of audio) "
-             "timed round-robin; greedy decoding everywhere.", "",
+             "timed round-robin, each system in its own process; greedy decoding everywhere.", "",
              "| system | WER clean | WER noisy | CER clean | CER noisy | s / clip (mean) | p50 | RTF | "
              "vs CT2 int8 | size MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -171,44 +134,29 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
     if args.tiny:
-        model, model_dir, clean = tiny_setup(Path(tmp.name))
+        model_dir, clean = tiny_setup(Path(tmp.name))
         max_length, timed = 12, clean
     else:
-        model, model_dir = io.load("whisper-tiny-en"), whisper_ct2.packaged_dir()
+        model_dir = whisper_ct2.packaged_dir()
         clean = data.load("test", args.clips)
         max_length, timed = 448, clean[:args.timing_clips]
     noisy = data.noisy(clean)
     packaged_mb = round((model_dir / "model.bin").stat().st_size / 2**20, 1)
-    systems: dict[str, Transcriber] = {"hf-fp32": ours(model, args.wer_batch, max_length, lean=False),
-                                       "fp32-lean": ours(model, args.wer_batch, max_length)}
-    sizes: dict[str, Any] = {"hf-fp32": round(state_mb(model), 1), "fp32-lean": round(state_mb(model), 1)}
-    for ct in ("float32", "int8"):
-        systems[f"ct2-{ct}"] = ct2_system(model_dir, ct, args.threads, args.wer_batch, max_length)
-        sizes[f"ct2-{ct}"] = f"{packaged_mb} (fp16 file)"
-    fw = faster_whisper_system(model_dir, args.threads, max_length)
-    if fw is not None:
-        systems["faster-whisper-int8"], sizes["faster-whisper-int8"] = fw, f"{packaged_mb} (fp16 file)"
-    models = {"fp32-lean": model}
-    for recipe in args.recipe or RECIPES:
-        small, _ = compress_model(whisper_ct2.to_hf(whisper_ct2.from_hf(model)) if args.tiny else io.load(
-            "whisper-tiny-en"), recipe, task=None)
-        models[recipe] = small
-        systems[recipe], sizes[recipe] = ours(small, args.wer_batch, max_length), round(state_mb(small), 1)
-    metrics = {}
-    for name, run in systems.items():
+    specs = systems(str(model_dir), args.recipe or RECIPES, args.threads, args.wer_batch, max_length)
+    metrics, sizes = {}, {}
+    for name, spec in specs.items():
         log.info("WER pass: %s", name)
-        metrics[name] = word_errors(run, clean, noisy)
+        metrics[name] = word_errors(name, spec, clean, noisy)
+        sizes[name] = round(state_mb(spec.model()), 1) if spec.kind in ("hf", "ours") else f"{packaged_mb} (fp16 file)"
         log.info("  %s", metrics[name])
-    batch1 = {n: (lambda audios, r=r: r(audios)) for n, r in systems.items()}
-    for name, m in models.items():  # batch 1 for the timing pass (same transcripts, one clip per call)
-        batch1[name] = ours(m, 1, max_length)
-    batch1["hf-fp32"] = ours(model, 1, max_length, lean=False)
-    times = time_round_robin(batch1, timed)
+    log.info("timing: %d clips, batch 1, each system in its own process", len(timed))
+    times = isolated.time_isolated({n: dataclasses.replace(s, batch=1).call_one for n, s in specs.items()},
+                                   [c.audio for c in timed])
     audio_s = sum(c.seconds for c in timed)
     results = []
-    for name in systems:
+    for name, spec in specs.items():
         t = times[name]
-        results.append({"name": name, "recipe": name if name in models and name != "fp32-lean" else "",
+        results.append({"name": name, "recipe": spec.option if spec.kind == "ours" else "",
                         "metrics": metrics[name], "seconds_mean": round(statistics.mean(t), 4),
                         "seconds_p50": round(statistics.median(t), 4), "rtf": round(sum(t) / audio_s, 5),
                         "size_mb": sizes[name], "timed_calls": len(t)})
