@@ -138,3 +138,32 @@ def test_decoder_scope_leaves_the_encoder_in_float(name):
     assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > TOL["int8"][1]
     with pytest.raises(SlimformerError, match="scope.*encoder-decoder.*valid here: all"):
         compress_model(io.load("encoder-small"), "int8:scope=decoder")
+
+
+@pytest.mark.parametrize("name", ["whisper", "t5"])
+def test_bf16_encoder_scope_with_int8_decoder(name):
+    """bf16:scope=encoder casts the encoder alone (its output back to fp32 for the decoder), and composes
+    with int8:scope=decoder, each side set by one step; close to fp32, not equal to it (bf16 did run)."""
+    from slimformer.families import example_inputs
+    from slimformer.families.zoo import tiny
+
+    model = tiny(name)
+    args, kwargs = example_inputs(model, batch=2, seq_len=16)
+    ref = _out(model, args, kwargs)
+    from slimformer.families import family_of
+
+    b, _ = compress_model(copy.deepcopy(model), "bf16:scope=encoder")
+    stacks = family_of(b).stacks(b)
+    in_encoder = {id(p) for p in stacks["encoder"].parameters()}
+    assert in_encoder and not in_encoder & {id(p) for p in stacks["decoder"].parameters()}
+    for n, p in b.named_parameters():
+        assert (p.dtype == torch.bfloat16) == (id(p) in in_encoder), n
+    out = _out(b, args, kwargs)
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > TOL["bf16"][1]
+    both, record = compress_model(copy.deepcopy(model), "int8:scope=decoder+bf16:scope=encoder")
+    assert [e["step"] for e in record] == ["int8", "bf16"]
+    out = _out(both, args, kwargs)
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > TOL["int8"][1]
+    with pytest.raises(SlimformerError, match="both set the precision of the same part"):
+        compress_model(copy.deepcopy(model), "int8+bf16:scope=encoder")

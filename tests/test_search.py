@@ -172,15 +172,19 @@ def test_a_registered_toy_step_is_swept(monkeypatch, tmp_path):
     assert any(c.recipe.startswith("toy:strength=0.3+int8") for c in combos)
 
 
-def test_decoder_scope_only_on_encoder_decoder_models():
-    """Precision steps that can leave the encoder in float are tried on the decoder alone where the
-    model has both stacks (Whisper: the encoder is where int8 costs WER), and nowhere else."""
+def test_scoped_precision_only_on_encoder_decoder_models():
+    """Precision steps that can be confined to one side are tried there where the model has both stacks
+    (int8 on the decoder, bf16 on the encoder: read from each step's `scope` option), and nowhere else."""
     steps = all_steps()
-    assert "int8:scope=decoder" in family_grid(steps["int8"], tokens=65, seq2seq=True)
-    assert not [r for r in family_grid(steps["int8"], tokens=65) if "scope" in r]
-    assert family_grid(steps["bf16"], tokens=65, seq2seq=True) == family_grid(steps["bf16"], tokens=65)
-    for recipe in family_grid(steps["int8"], tokens=65, seq2seq=True):
-        parse_recipe(recipe)
+    assert family_grid(steps["int8"], tokens=65, seq2seq=True) == family_grid(steps["int8"], tokens=65) + [
+        "int8:scope=decoder"]
+    assert family_grid(steps["bf16"], tokens=65, seq2seq=True) == family_grid(steps["bf16"], tokens=65) + [
+        "bf16:scope=encoder"]
+    assert not [r for name in ("int8", "bf16") for r in family_grid(steps[name], tokens=65) if "scope" in r]
+    for name in ("int8", "bf16"):
+        for recipe in family_grid(steps[name], tokens=65, seq2seq=True):
+            parse_recipe(recipe)
+    parse_recipe("int8:scope=decoder+bf16:scope=encoder")
 
 
 def test_steps_that_cannot_apply_are_left_out(tmp_path):

@@ -37,6 +37,7 @@ import dataclasses
 import json
 import logging
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,14 +145,21 @@ def family_grid(step: Step, tokens: int, text: bool = False, seq2seq: bool = Fal
 def switch_grid(step: Step, seq2seq: bool = False) -> list[str]:
     """A precision step as is, then compiled where it offers that (fuses the dequantize work), then
     compiled with calibrated activation scales where it offers those (quantizing fuses away too). On an
-    encoder-decoder model, a step that can leave the encoder in float (`scope`) is also tried on the
-    decoder alone: decoding is memory-bound, the encoder is where precision costs quality (Whisper)."""
+    encoder-decoder model, a step that can be confined to one side (`scope`) is also tried there alone
+    (an integer format on the memory-bound decoding steps, a float one on the encoder's long GEMMs)."""
     fields = {f.name for f in dataclasses.fields(step.options)}
-    scoped = [f"{step.name}:scope=decoder"] if seq2seq and "scope" in fields else []
+    scoped = [f"{step.name}:scope={v}" for v in scopes(step)] if seq2seq else []
     if "compile" not in fields:
         return [step.name] + scoped
     return [step.name, f"{step.name}:compile=true"] + ([f"{step.name}:activations=static,compile=true"]
                                                        if "activations" in fields else []) + scoped
+
+
+def scopes(step: Step) -> list[str]:
+    """The parts of an encoder-decoder a precision step can be confined to (its `scope` option's values
+    other than "all"), as the step's options declare them."""
+    hint = typing.get_type_hints(step.options).get("scope")
+    return [v for v in typing.get_args(hint) if v != "all"]
 
 
 def midpoint(opt: str, lo: Any, hi: Any) -> Any | None:

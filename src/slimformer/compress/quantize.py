@@ -90,6 +90,11 @@ class Int8Options(Int8WeightOptions):
 @dataclass
 class Bf16Options:
     compile: bool = False
+    # "encoder": on an encoder-decoder model, only the encoder's blocks run in bf16 (each casts its
+    # inputs in and its outputs back to fp32); the decoder stays as it is, free for `int8:scope=decoder`.
+    # Why: the encoder is one long pass of large GEMMs (Whisper: ~500 frames), where bf16 pays on
+    # AVX512-BF16 / AMX; batch-1 decoding is many tiny steps, where int8's 4x smaller weights pay.
+    scope: Literal["all", "encoder"] = "all"
 
 
 def _torchao():
@@ -488,12 +493,23 @@ def _to_fp32_outputs(module: nn.Module, args: tuple, kwargs: dict, output: Any) 
 
 
 def _apply_bf16(model: nn.Module, opts: Bf16Options, ctx: StepContext) -> nn.Module:
-    """Weights and compute in bf16; inputs and outputs stay fp32 at the model boundary, so callers
-    (tasks, benchmarks) need not know."""
-    model = model.to(torch.bfloat16)
-    model.register_forward_pre_hook(_to_bf16_inputs, with_kwargs=True)
-    model.register_forward_hook(_to_fp32_outputs, with_kwargs=True)
+    """Weights and compute in bf16; inputs and outputs stay fp32 at the boundary of what was cast (the
+    model, or each encoder block with scope=encoder), so callers (tasks, benchmarks) need not know."""
+    for part in _encoder_blocks(model) if opts.scope == "encoder" else [model]:
+        part.to(torch.bfloat16)
+        part.register_forward_pre_hook(_to_bf16_inputs, with_kwargs=True)
+        part.register_forward_hook(_to_fp32_outputs, with_kwargs=True)
     return _compile(model) if opts.compile else model
+
+
+def _encoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The encoder's blocks, cast one by one: the modules around them (token tables, which T5 and BART
+    share with the decoder; Whisper's convolutions) stay fp32, and each block casts at its boundary."""
+    stacks = family_of(model, "step 'bf16' scope=encoder").stacks(model)
+    if not {"encoder", "decoder"} <= set(stacks):
+        raise SlimformerError(f"option 'scope' of step 'bf16': 'encoder' needs an encoder-decoder model; "
+                              f"{type(model).__name__} has stacks {sorted(stacks) or 'none'} (valid here: all)")
+    return list(stacks["encoder"])
 
 
 def _restore_bf16(model: nn.Module, opts: Bf16Options, state: dict) -> nn.Module:

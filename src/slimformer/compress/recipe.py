@@ -243,6 +243,7 @@ def to_yaml(steps: list[RecipeStep], **top: Any) -> str:
 def check_order(steps: list[RecipeStep]) -> None:
     """Refuse orders that cannot work, saying what would."""
     low_precision: str | None = None
+    claimed: dict[str, str] = {}  # part of the model (encoder / decoder) -> the precision step that set it
     families: dict[str, str] = {}
     for rs in steps:
         s = rs.step
@@ -250,8 +251,15 @@ def check_order(steps: list[RecipeStep]) -> None:
             raise SlimformerError(f"step {s.name!r} cannot come after {low_precision!r}: it needs float "
                                   f"weights; put {low_precision!r} last")
         if s.makes_low_precision:
-            if low_precision:
-                raise SlimformerError(f"steps {low_precision!r} and {s.name!r} both set the precision; keep one")
+            # a step scoped to one side of an encoder-decoder (int8:scope=decoder, bf16:scope=encoder)
+            # sets that side only, so two precision steps on disjoint sides compose
+            scope = getattr(rs.options, "scope", "all")
+            parts = ("encoder", "decoder") if scope == "all" else (scope,)
+            clash = next((claimed[p] for p in parts if p in claimed), None)
+            if clash:
+                raise SlimformerError(f"steps {clash!r} and {s.name!r} both set the precision of the same part; "
+                                      "keep one, or scope them to different parts (scope=encoder / decoder)")
+            claimed.update(dict.fromkeys(parts, s.name))
             low_precision = s.name
         if s.family:
             if s.family in families:
