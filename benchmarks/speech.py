@@ -45,7 +45,8 @@ from slimformer.tasks import speech
 
 log = logging.getLogger("speech-bench")
 RESULTS = Path(__file__).parent / "results"
-RECIPES = ["audio-trim", "audio-trim+int8:scope=decoder", "audio-trim+int8"]
+RECIPES = ["audio-trim", "audio-trim+int8:scope=decoder", "audio-trim+int8:scope=decoder+bf16:scope=encoder",
+           "audio-trim+int8"]
 
 
 def state_mb(model: torch.nn.Module) -> float:
@@ -98,23 +99,52 @@ def systems(model_dir: str, recipes: Sequence[str], threads: int, batch: int,
     return out | {r: system("ours", r) for r in recipes}
 
 
+WER_BUDGET = 0.005  # issue 16: within +0.5 points of fp32 WER, clean and noisy
+TARGETS = {"ct2-int8": 1.5, "hf-fp32": 3.0}  # issue 16: at least this many times faster per clip
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """The fastest recipe row within WER_BUDGET of fp32 on both sets, against TARGETS."""
+    by = {r["name"]: r for r in rows}
+    if "hf-fp32" not in by or "ct2-int8" not in by:
+        return "Acceptance: needs the hf-fp32 and ct2-int8 rows."
+    ref = by["hf-fp32"]["metrics"]
+    kept = [r for r in rows if r["recipe"] and all(r["metrics"][f"wer_{s}"] - ref[f"wer_{s}"] <= WER_BUDGET + 1e-9
+                                                   for s in ("clean", "noisy"))]
+    if not kept:
+        return f"Acceptance: no recipe keeps WER within +{WER_BUDGET * 100:.1f} points of fp32 on both sets."
+    best = min(kept, key=lambda r: r["seconds_mean"])
+    parts = []
+    for peer, target in TARGETS.items():
+        x = by[peer]["seconds_mean"] / best["seconds_mean"]
+        parts.append(f"{x:.2f}x {peer} (target {target}x: {'met' if x >= target else 'NOT met'})")
+    m = best["metrics"]
+    return (f"Acceptance: fastest recipe within +{WER_BUDGET * 100:.1f} WER points of fp32 on clean and noisy: "
+            f"`{best['recipe']}` (WER {m['wer_clean']:.4f} / {m['wer_noisy']:.4f} vs fp32 {ref['wer_clean']:.4f} / "
+            f"{ref['wer_noisy']:.4f}): " + "; ".join(parts) + ".")
+
+
 def table(doc: dict[str, Any]) -> str:
     rows = doc["results"]
     base = next((r for r in rows if r["name"] == "ct2-int8"), None)
+    hf = next((r for r in rows if r["name"] == "hf-fp32"), None)
     lines = [f"# Speech recognition: Whisper tiny.en, {doc['config']['clips']} clips clean + noisy", "",
              features_line(doc["env"]), "",
              f"{doc['config']['threads']} threads; WER pass batch {doc['config']['wer_batch']}; speed: batch 1, "
              f"{doc['config']['timing_clips']} clean clips ({doc['config']['timing_audio_s']:.0f} s of audio) "
              "timed round-robin, each system in its own process; greedy decoding everywhere.", "",
              "| system | WER clean | WER noisy | CER clean | CER noisy | s / clip (mean) | p50 | RTF | "
-             "vs CT2 int8 | size MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "vs CT2 int8 | vs HF fp32 | size MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["metrics"]
         ratio = f"{base['seconds_mean'] / r['seconds_mean']:.2f}x" if base else "-"
+        vs_hf = f"{hf['seconds_mean'] / r['seconds_mean']:.2f}x" if hf else "-"
         lines.append(f"| {r['name']} | {m['wer_clean']:.4f} | {m['wer_noisy']:.4f} | {m['cer_clean']:.4f} | "
                      f"{m['cer_noisy']:.4f} | {r['seconds_mean']:.3f} | {r['seconds_p50']:.3f} | {r['rtf']:.4f} | "
-                     f"{ratio} | {r['size_mb']} |")
-    lines += ["", "`vs CT2 int8`: how many times faster per clip than CTranslate2 int8 (higher is faster).",
+                     f"{ratio} | {vs_hf} | {r['size_mb']} |")
+    lines += ["", verdict(rows), "",
+              "`vs CT2 int8` / `vs HF fp32`: how many times faster per clip than CTranslate2 int8 / than "
+              "transformers fp32 (higher is faster).",
               "Command: `" + doc["config"]["command"] + "`", ""]
     return "\n".join(lines)
 
