@@ -3,6 +3,7 @@ writes its files, stays within the budget and resumes from its cache."""
 
 import json
 
+import pytest
 import yaml
 
 from slimformer.compress.recipe import parse_recipe
@@ -199,3 +200,21 @@ def test_steps_that_cannot_apply_are_left_out(tmp_path):
     s = Search(SearchConfig(model="vit-tiny", task="digits", max_drop=0.01, out=tmp_path,
                             steps=["audio-trim", "int8"]))
     assert set(s.steps) == {"int8"} and not s.seq2seq
+
+
+def test_guarded_metrics_each_hold_the_budget(tmp_path):
+    """A task's GUARDED metrics each count on their own (speech: clean and noisy word accuracy): a
+    candidate whose mean holds but whose clean accuracy falls past the budget is outside it."""
+    import types
+
+    from slimformer.search import Search
+    from slimformer.tasks import speech
+
+    assert set(speech.GUARDED) == {"word_accuracy_clean", "word_accuracy_noisy"}
+    s = Search(SearchConfig(model="vit-tiny", task="digits", max_drop=0.01, out=tmp_path, steps=["int8"]))
+    s.base_metric = 0.70
+    assert s.worst_drop({"accuracy": 0.71, "clean": 0.5}) == pytest.approx(-0.01)  # no guarded metrics
+    s.task = types.SimpleNamespace(GUARDED=("clean", "noisy"))
+    s.base_scores = {"clean": 0.82, "noisy": 0.55}
+    assert s.worst_drop({"accuracy": 0.71, "clean": 0.81, "noisy": 0.60}) == pytest.approx(0.01)
+    assert s.worst_drop({"accuracy": 0.69, "clean": 0.82, "noisy": 0.56}) == pytest.approx(0.01)
