@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import logging
 import time
@@ -149,10 +150,11 @@ def switch_grid(step: Step, seq2seq: bool = False) -> list[str]:
     (an integer format on the memory-bound decoding steps, a float one on the encoder's long GEMMs)."""
     fields = {f.name for f in dataclasses.fields(step.options)}
     scoped = [f"{step.name}:scope={v}" for v in scopes(step)] if seq2seq else []
+    # one side alone first: milder than the whole model, and the sweep stops at the first setting over budget
     if "compile" not in fields:
-        return [step.name] + scoped
-    return [step.name, f"{step.name}:compile=true"] + ([f"{step.name}:activations=static,compile=true"]
-                                                       if "activations" in fields else []) + scoped
+        return scoped + [step.name]
+    return scoped + [step.name, f"{step.name}:compile=true"] + ([f"{step.name}:activations=static,compile=true"]
+                                                                if "activations" in fields else [])
 
 
 def scopes(step: Step) -> list[str]:
@@ -377,7 +379,28 @@ class Search:
                     kept.append(c)
             if kept:
                 feasible[name] = kept
+        self.confined_pairs(feasible, tick)
         return feasible
+
+    def confined_pairs(self, feasible: dict[str, list[Candidate]], tick) -> None:
+        """Precision settings confined to different parts of an encoder-decoder, composed: a recipe holds
+        one precision switch in stage 2, and one step on the decoder with another on the encoder is one
+        switch made of two. Kept (under the first step's name) where the pair stays inside the budget."""
+        confined = []
+        for name, cands in feasible.items():
+            if self.role(name) != "precision":
+                continue
+            for c in cands:
+                scope = getattr(parse_recipe(c.recipe)[0].options, "scope", "all")
+                if scope != "all":
+                    confined.append((name, scope, c))
+        for (n1, s1, c1), (n2, s2, c2) in itertools.combinations(confined, 2):
+            if n1 == n2 or s1 == s2 or self.over_budget(SINGLES_SHARE):
+                continue
+            c = self.evaluate(join([c1.recipe, c2.recipe]))
+            tick(c)
+            if c.ok:
+                feasible[n1].append(c)
 
     def combine(self, singles: dict[str, list[Candidate]], tick) -> list[Candidate]:
         """Stage 2: grow a beam of recipes on the (latency, drop) front, one family at a time. The
