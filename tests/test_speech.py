@@ -199,8 +199,12 @@ def test_evaluate_and_calibration_shapes(monkeypatch):
     monkeypatch.setattr(data, "load", lambda split="test", n=None: clips)
     model = tiny_whisper(positions=12)
     result = speech.evaluate(model, batch=2)
-    assert set(result) == {"wer_clean", "cer_clean", "wer_noisy", "cer_noisy", "word_accuracy"}
+    assert set(result) == {"wer_clean", "cer_clean", "wer_noisy", "cer_noisy", "word_accuracy",
+                           "word_accuracy_clean", "word_accuracy_noisy"}
     assert result["word_accuracy"] == pytest.approx(1 - (result["wer_clean"] + result["wer_noisy"]) / 2)
+    assert set(speech.GUARDED) <= set(result)
+    for name in ("clean", "noisy"):
+        assert result[f"word_accuracy_{name}"] == pytest.approx(1 - result[f"wer_{name}"])
     (feats, mask, ids), = list(speech.calibration(n=2, batch=2))
     assert feats.shape == (2, 80, 3000) and mask is None and ids.shape[0] == 2 and ids[0, 0] == 50257
     with torch.inference_mode():
