@@ -318,13 +318,19 @@ def _named_linears(model: nn.Module, skip: list[str]) -> list[str]:
     return [name for name, m in model.named_modules() if is_linear_like(m) and not _skipped(name, skip)]
 
 
+def _seq2seq_stacks(model: nn.Module, step: str, scope: str) -> dict[str, nn.ModuleList]:
+    """The family's block stacks of an encoder-decoder model, or one clear error for option `scope`."""
+    stacks = family_of(model, f"step {step!r} scope={scope}").stacks(model)
+    if not {"encoder", "decoder"} <= set(stacks):
+        raise SlimformerError(f"option 'scope' of step {step!r}: {scope!r} needs an encoder-decoder model; "
+                              f"{type(model).__name__} has stacks {sorted(stacks) or 'none'} (valid here: all)")
+    return stacks
+
+
 def _encoder_patterns(model: nn.Module, step: str) -> list[str]:
     """Name patterns of everything under the module holding the family's encoder stack (scope=decoder)."""
-    stacks = family_of(model, f"step {step!r} scope=decoder").stacks(model)
-    if not {"encoder", "decoder"} <= set(stacks):
-        raise SlimformerError(f"option 'scope' of step {step!r}: 'decoder' needs an encoder-decoder model; "
-                              f"{type(model).__name__} has stacks {sorted(stacks) or 'none'} (valid here: all)")
-    name = next(n for n, m in model.named_modules() if m is stacks["encoder"])
+    encoder = _seq2seq_stacks(model, step, "decoder")["encoder"]
+    name = next(n for n, m in model.named_modules() if m is encoder)
     holder = name.rpartition(".")[0]
     return [holder, holder + ".*"] if holder else [name, name + ".*"]
 
@@ -505,11 +511,7 @@ def _apply_bf16(model: nn.Module, opts: Bf16Options, ctx: StepContext) -> nn.Mod
 def _encoder_blocks(model: nn.Module) -> list[nn.Module]:
     """The encoder's blocks, cast one by one: the modules around them (token tables, which T5 and BART
     share with the decoder; Whisper's convolutions) stay fp32, and each block casts at its boundary."""
-    stacks = family_of(model, "step 'bf16' scope=encoder").stacks(model)
-    if not {"encoder", "decoder"} <= set(stacks):
-        raise SlimformerError(f"option 'scope' of step 'bf16': 'encoder' needs an encoder-decoder model; "
-                              f"{type(model).__name__} has stacks {sorted(stacks) or 'none'} (valid here: all)")
-    return list(stacks["encoder"])
+    return list(_seq2seq_stacks(model, "bf16", "encoder")["encoder"])
 
 
 def _restore_bf16(model: nn.Module, opts: Bf16Options, state: dict) -> nn.Module:
